@@ -1,0 +1,40 @@
+# vit-plasticity: `make demo` (the offline study) and `make test` (everything CI checks) do their own set-up.
+SHELL := /bin/bash
+VENV ?= .venv
+BIN := $(VENV)/bin
+PY := $(BIN)/python
+NB_WORKERS ?= 2
+
+.PHONY: install data sync-check nbtest pytest test demo readme clean-venv
+
+install: $(VENV)/.installed
+
+# Reinstall when the package metadata changes; `pip install -e` keeps the library editable.
+$(VENV)/.installed: settings.ini setup.py
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --disable-pip-version-check -e ".[dev]"
+	@touch $@
+
+data:
+	@bash scripts/ensure_data.sh
+
+# The notebooks are the source: exporting and cleaning them must not change what git tracks.
+sync-check: install
+	@bash scripts/check_sync.sh $(BIN)
+
+nbtest: install data
+	$(BIN)/nbdev_test --n_workers $(NB_WORKERS) --timing
+
+pytest: install data
+	$(PY) -m pytest tests
+
+test: install data sync-check nbtest pytest
+
+demo: install data
+	$(PY) -m vit_plasticity.demo
+
+readme: install
+	$(PY) scripts/make_readme.py
+
+clean-venv:
+	rm -rf $(VENV)
