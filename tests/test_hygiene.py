@@ -1,0 +1,65 @@
+"Notebook hygiene: the rules of style.md that a notebook cannot check about itself."
+import ast, json, re, subprocess, sys
+from configparser import ConfigParser
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+NBS, LIB = ROOT / "nbs", ROOT / "vit_plasticity"
+LIB_NBS = sorted(NBS.glob("[0-9][0-9]*_*.ipynb"))
+EXP_NBS = sorted((NBS / "experiments").glob("*.ipynb"))
+
+def cells(path: Path) -> list[dict]: return json.loads(path.read_text(encoding="utf-8"))["cells"]
+def source(cell: dict) -> str: return "".join(cell["source"])
+def default_exp(path: Path) -> str | None:
+    for c in cells(path):
+        if m := re.search(r"^#\|\s*default_exp\s+(\S+)", source(c), re.M): return m.group(1)
+    return None
+
+def test_settings_keep_papermill_tags():
+    cfg = ConfigParser(delimiters=["="]); cfg.read(ROOT / "settings.ini")
+    assert cfg["DEFAULT"]["allowed_cell_metadata_keys"].split(",") == ["tags"]
+
+@pytest.mark.parametrize("nb", LIB_NBS, ids=lambda p: p.name)
+def test_library_notebook_exports_module_of_its_name(nb):
+    assert default_exp(nb) == re.sub(r"^\d+[a-z]?_", "", nb.stem), f"{nb.name}: module name must match notebook name"
+
+def test_every_module_has_its_notebook():
+    for py in LIB.glob("*.py"):
+        if py.name in ("__init__.py", "_modidx.py"): continue
+        m = re.search(r"File to edit: \.\./nbs/(\S+\.ipynb)", py.read_text(encoding="utf-8"))
+        assert m and (NBS / m.group(1)).exists(), f"{py.name} has no notebook: orphan module"
+
+@pytest.mark.parametrize("nb", LIB_NBS + EXP_NBS + [NBS / "index.ipynb"], ids=lambda p: p.name)
+def test_code_cells_are_small(nb):
+    for i, c in enumerate(cells(nb)):
+        n = len(source(c).splitlines())
+        assert c["cell_type"] != "code" or n <= 30, f"{nb.name} cell {i} has {n} lines (cap 30)"
+
+@pytest.mark.parametrize("nb", LIB_NBS, ids=lambda p: p.name)
+def test_notebooks_import_only_lower_numbered_modules(nb):
+    order = {default_exp(p): i for i, p in enumerate(LIB_NBS)}
+    me = order[default_exp(nb)]
+    for mod in re.findall(r"from vit_plasticity\.(\w+) import|import vit_plasticity\.(\w+)", "\n".join(map(source, cells(nb)))):
+        name = mod[0] or mod[1]
+        assert order.get(name, -1) < me, f"{nb.name} imports vit_plasticity.{name}, which is not lower-numbered"
+
+@pytest.mark.parametrize("nb", EXP_NBS, ids=lambda p: p.name)
+def test_experiment_notebook_has_one_literal_parameters_cell(nb):
+    params = [c for c in cells(nb) if "parameters" in c.get("metadata", {}).get("tags", [])]
+    assert len(params) == 1, f"{nb.name}: exactly one cell must be tagged `parameters`"
+    for node in ast.parse(source(params[0])).body:
+        assert isinstance(node, ast.AnnAssign), f"{nb.name}: parameters are `name: type = value  # help` lines"
+        ast.literal_eval(node.value)
+    assert not any(re.search(r"^#\|\s*export", source(c), re.M) for c in cells(nb)), "experiment notebooks export nothing"
+
+def test_library_has_no_undefined_names():
+    "Exported code must not lean on notebook globals."
+    out = subprocess.run([sys.executable, "-m", "pyflakes", str(LIB)], capture_output=True, text=True)
+    undefined = [l for l in out.stdout.splitlines() if "undefined name" in l]
+    assert not undefined, "\n".join(undefined)
+
+def test_readme_is_generated_from_index():
+    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "make_readme.py"), "--check"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr + " (run `make readme`)"
