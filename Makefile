@@ -4,6 +4,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PY := $(BIN)/python
 NB_WORKERS ?= 2
+# One BLAS/OpenMP thread per process: notebooks run two at a time on 2 cores, and tiny models lose more to
+# thread contention than they gain from threads.
+export OMP_NUM_THREADS ?= 1
 
 .PHONY: install data sync-check nbtest pytest test demo readme clean-venv
 

@@ -17,7 +17,7 @@ def _outputs(cell) -> list[str]:
     "Text outputs of a code cell (streams and plain-text results), in order."
     outs = []
     for o in cell.get("outputs", []):
-        if o["output_type"] == "stream": outs.append(_text(o["text"]))
+        if o["output_type"] == "stream" and o.get("name") == "stdout": outs.append(_text(o["text"]))
         elif o["output_type"] in ("execute_result", "display_data") and "text/markdown" in o["data"]:
             outs.append(None); outs.append(_text(o["data"]["text/markdown"]))
         elif o["output_type"] in ("execute_result", "display_data") and "text/plain" in o["data"]:

@@ -96,9 +96,9 @@ def run_status(run_dir: str | Path) -> str:
         return "failed" if json.loads(metrics.read_text()).get("status") == "failed" else "done"
     return "partial"
 
-# %% ../nbs/07_runs.ipynb #a3d90af6
+# %% ../nbs/07_runs.ipynb #c9dfdc0d
 def read_run(run_dir: str | Path) -> dict:
-    "Parameters, metrics and status of one run folder, flattened for a table."
+    "Metrics, parameters (which win where names clash) and status of one run folder, flattened for a table."
     run_dir = Path(run_dir)
     load = lambda f: json.loads((run_dir / f).read_text()) if (run_dir / f).exists() else {}
-    return {**load("params.json"), **load("metrics.json"), "run_dir": str(run_dir), "run_status": run_status(run_dir)}
+    return {**load("metrics.json"), **load("params.json"), "run_dir": str(run_dir), "run_status": run_status(run_dir)}
