@@ -53,6 +53,9 @@ def test_experiment_notebook_has_one_literal_parameters_cell(nb):
         assert isinstance(node, ast.AnnAssign), f"{nb.name}: parameters are `name: type = value  # help` lines"
         ast.literal_eval(node.value)
     assert not any(re.search(r"^#\|\s*export", source(c), re.M) for c in cells(nb)), "experiment notebooks export nothing"
+    import papermill
+    declared = {n.target.id for n in ast.parse(source(params[0])).body}
+    assert set(papermill.inspect_notebook(str(nb))) == declared, "papermill cannot parse a parameter line (no '=' in help comments)"
 
 def test_library_has_no_undefined_names():
     "Exported code must not lean on notebook globals."

@@ -236,7 +236,7 @@ def severity_rows(severity: int, # 1 (mildest) to 5
     if severity not in range(1, 6): raise ValueError(f"severity must be in 1..5, got {severity}")
     return slice((severity - 1) * block, severity * block)
 
-# %% ../nbs/03_data.ipynb #b77495a1
+# %% ../nbs/03_data.ipynb #55757bdc
 def load_cifar10c(root: str | Path, # folder holding `CIFAR-10-C/`
                   corruption: str, # e.g. one of `CIFAR10C_CORRUPTIONS`
                   severity: int = CIFAR10C_SEVERITY, # 1..5
@@ -251,7 +251,7 @@ def load_cifar10c(root: str | Path, # folder holding `CIFAR-10-C/`
         download_and_extract_archive(CIFAR10C_URL, str(root), md5=CIFAR10C_MD5)
     if missing := [str(f) for f in files if not f.is_file()]: raise DataNotFoundError(f"missing {', '.join(missing)}")
     try: x, y = np.load(files[0], mmap_mode="r"), np.load(files[1])
-    except (ValueError, OSError) as e: raise DataFormatError(f"{folder}: unreadable .npy ({e})") from e
+    except (ValueError, OSError, EOFError) as e: raise DataFormatError(f"{folder}: unreadable .npy ({type(e).__name__}: {e})") from e
     if x.shape != (5 * block, 32, 32, 3) or x.dtype != np.uint8 or y.shape != (5 * block,):
         raise DataFormatError(f"{folder}: {corruption}.npy is {x.shape} {x.dtype} and labels.npy {y.shape}; "
                               f"expected ({5 * block}, 32, 32, 3) uint8 and ({5 * block},)")

@@ -92,14 +92,15 @@ def weight_shapes(path: str | Path, # a `.safetensors` file or a `torch.save`d s
     if not isinstance(sd, dict): raise WeightsFileError(f"{path}: holds a {type(sd).__name__}, not a state dict")
     return {k.removeprefix("module."): tuple(v.shape) for k, v in _unwrap(sd).items() if isinstance(v, torch.Tensor)}
 
-# %% ../nbs/04_models.ipynb #66a908ad
+# %% ../nbs/04_models.ipynb #282ccb49
 def _file_overlay(path: str | Path, cfg) -> dict:
     "timm `pretrained_cfg_overlay` that loads `path`, declaring its classes and input channels."
     path = Path(path).expanduser()
     if not path.is_file(): raise FileNotFoundError(f"weights file {path} does not exist")
     shapes = weight_shapes(path)
     chans = shapes.get("patch_embed.proj.weight", (0, cfg.input_size[0]))[1]
-    return dict(file=str(path), num_classes=shapes.get("head.weight", (0,))[0], input_size=(chans, *cfg.input_size[1:]))
+    return dict(file=str(path), custom_load=False, num_classes=shapes.get("head.weight", (0,))[0],  # a state dict
+                input_size=(chans, *cfg.input_size[1:]))
 
 # %% ../nbs/04_models.ipynb #4f42fff5
 def _hub_cached(cfg, cache_dir: str | Path | None) -> str | None:
@@ -131,10 +132,10 @@ def _unavailable(name: str, timm_name: str, cfg, cache_dir, cause: str) -> Weigh
         f"and pass the file: load_vit({name!r}, weights='path/to/model.safetensors'); or point cache_dir= (or the "
         f"HF_HOME environment variable) at a Hugging Face cache that holds them (searched: {cache_dir or constants.HF_HUB_CACHE}).")
 
-# %% ../nbs/04_models.ipynb #05c61ae3
+# %% ../nbs/04_models.ipynb #28538bea
 def _hub_overlay(name: str, timm_name: str, cfg, cache_dir: str | Path | None) -> dict:
     "timm `pretrained_cfg_overlay` for published weights: the cached file, or nothing (download) when online."
-    if (f := _hub_cached(cfg, cache_dir)) is not None: return dict(file=f)
+    if (f := _hub_cached(cfg, cache_dir)) is not None: return dict(file=f, custom_load=False)  # a state dict
     if not (cfg.hf_hub_id or cfg.url): raise _unavailable(name, timm_name, cfg, cache_dir, "timm publishes no weights for it")
     from huggingface_hub import constants
     url = constants.ENDPOINT if cfg.hf_hub_id else cfg.url

@@ -22,8 +22,8 @@ from torch import nn
 from .components import block_components, check_vit, embed
 
 # %% auto #0
-__all__ = ['THEORETICAL_RANK', 'COMPONENT_COLORS', 'PROTOCOLS', 'measure_plasticity', 'layer_summary', 'component_summary',
-           'plot_plasticity_boxplot', 'plot_plasticity_depth']
+__all__ = ['THEORETICAL_RANK', 'COMPONENT_COLORS', 'PROTOCOLS', 'check_images', 'measure_plasticity', 'layer_summary',
+           'component_summary', 'plot_plasticity_boxplot', 'plot_plasticity_depth']
 
 # %% ../nbs/01_plasticity.ipynb #d0b1253b
 THEORETICAL_RANK = {"MHA": 1, "FC1": 2, "FC2": 3, "LN2": 4, "LN1": 5}  # paper.md §2: 1 = most plastic
@@ -48,15 +48,33 @@ def _proj_input(attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
     finally: handle.remove()
     raise TypeError(f"{type(attn).__name__} never calls its `proj`: MHA must end with its output projection")
 
-# %% ../nbs/01_plasticity.ipynb #9ec27e34
-def _paper_layer(f: dict[str, nn.Module], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+# %% ../nbs/01_plasticity.ipynb #94daf8a1
+_CHUNK_ROWS = 1024  # token rows per chunk of pairs for MHA and FC1 (memory only: the numbers do not depend on it)
+
+def _chunked(fn, x: torch.Tensor, y: torch.Tensor, rows: int = _CHUNK_ROWS) -> torch.Tensor:
+    "fn(x_c, y_c) -> (b,) on chunks of whole pairs of at most `rows` token rows (one pair at least), concatenated: (B,)"
+    k = max(1, min(len(x), math.ceil(x.shape[0] * x.shape[1] / rows)))  # number of chunks, of near-equal sizes
+    return torch.cat([fn(xc, yc) for xc, yc in zip(x.tensor_split(k), y.tensor_split(k))])
+
+# %% ../nbs/01_plasticity.ipynb #05ab553c
+def _ln_distance(ln: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    "‖ln(x) - ln(y)‖_F per pair, the difference taken in place (unless `ln` returns its input, as an identity does)."
+    d = ln(x)
+    return _fro(d - ln(y) if d is x else d.sub_(ln(y)))
+
+def _mha_distance(mha: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    "‖MHA(x) - MHA(y)‖_F per pair through (6): one projection of z_x - z_y."
+    z = _proj_input(mha, x)
+    z -= _proj_input(mha, y)
+    return _fro(F.linear(z, mha.proj.weight))
+
+# %% ../nbs/01_plasticity.ipynb #dcdaf124
+def _paper_layer(f: dict[str, nn.Module], x: torch.Tensor, y: torch.Tensor, rows: int = _CHUNK_ROWS) -> torch.Tensor:
     "Output distances (B, 5) of LN1, MHA, LN2, FC1, FC2 of one block `f`, each fed the embeddings x, y. (B, n, d)"
-    mha = f["MHA"]
-    ln1, ln2 = _fro(f["LN1"](x) - f["LN1"](y)), _fro(f["LN2"](x) - f["LN2"](y))
-    mha_d = _fro(F.linear(_proj_input(mha, x) - _proj_input(mha, y), mha.proj.weight))  # (6)
-    dx = x - y
-    fc1_d = _fro(F.linear(dx, f["FC1"].weight))                                          # (4)
-    fc2_d = _fro(F.linear(dx, f["FC2"].weight[:, : x.shape[-1]]))                        # (5)
+    ln1, ln2 = _ln_distance(f["LN1"], x, y), _ln_distance(f["LN2"], x, y)
+    mha_d = _chunked(lambda xc, yc: _mha_distance(f["MHA"], xc, yc), x, y, rows)                  # (6)
+    fc1_d = _chunked(lambda xc, yc: _fro(F.linear(xc - yc, f["FC1"].weight)), x, y, rows)        # (4)
+    fc2_d = _fro(F.linear(x - y, f["FC2"].weight[:, : x.shape[-1]]))                             # (5)
     return torch.stack([ln1, mha_d, ln2, fc1_d, fc2_d], -1)
 
 # %% ../nbs/01_plasticity.ipynb #0ece1549
@@ -88,7 +106,7 @@ def _in_situ_batch(model: nn.Module, comps: list[dict[str, nn.Module]], a: torch
         raise RuntimeError(f"(layer, component) {missing[:5]} did not run in the blocks' forward pass")
     return d_in, d_out
 
-# %% ../nbs/01_plasticity.ipynb #10b643f0
+# %% ../nbs/01_plasticity.ipynb #c02720a7
 def _images(data: torch.Tensor | Iterable, role: str) -> Iterator[torch.Tensor]:
     "Checked image batches (B, C, H, W) from a tensor or an iterable of `xb` or `(xb, yb, ...)`."
     seen = 0
@@ -99,7 +117,8 @@ def _images(data: torch.Tensor | Iterable, role: str) -> Iterator[torch.Tensor]:
                              f"{tuple(xb.shape) if isinstance(xb, torch.Tensor) else type(xb).__name__}")
         if not xb.is_floating_point():
             raise ValueError(f"{role} images are {xb.dtype}: pass normalised floating-point images")
-        if not torch.isfinite(xb).all():
+        # NaN and ±inf pixels show in the batch's min or max: one pass, no image-sized temporary
+        if xb.numel() and not torch.isfinite(torch.stack(torch.aminmax(xb))).all():
             raise ValueError(f"{role} images {seen}..{seen + len(xb) - 1} contain NaN or inf pixels: clean or drop them")
         seen += len(xb)
         yield xb
@@ -145,6 +164,19 @@ def _pairs(source: torch.Tensor | Iterable, target: torch.Tensor | Iterable, bs:
     if done == 0: raise ValueError("source is empty: pass at least one image")
     if n_pairs is not None: warnings.warn(f"source has {done} images: measured {done} pairs, not n_pairs={n_pairs}")
 
+# %% ../nbs/01_plasticity.ipynb #142c9844
+def check_images(model: nn.Module, xb: torch.Tensor, role: str = "images") -> torch.Tensor:
+    "`xb` if it is a non-empty, finite, floating-point batch (B, C, H, W) that `model` takes, else a `ValueError` saying what to fix."
+    next(_images([xb], role))  # (B, C, H, W), floating point, finite
+    if len(xb) == 0: raise ValueError(f"{role} is empty: pass at least one image")
+    pe = check_vit(model).patch_embed
+    fixed = pe.img_size is not None and getattr(pe, "strict_img_size", True)
+    want = (pe.proj.in_channels, *(pe.img_size if fixed else ()))
+    if tuple(xb.shape[1:1 + len(want)]) != tuple(want):
+        raise ValueError(f"{role} are (C, H, W) = {tuple(xb.shape[1:])}, but the model takes {tuple(want)}: "
+                         "resize or convert them with the model's transforms (`data.dataset_transforms`)")
+    return xb
+
 # %% ../nbs/01_plasticity.ipynb #51fabbe9
 @contextmanager
 def _measuring(model: nn.Module, device: str | torch.device | None):
@@ -182,7 +214,7 @@ def _n_batches(source: torch.Tensor | Iterable, n_pairs: int | None, bs: int) ->
     if n_pairs is not None: n = n_pairs if n is None else min(n, n_pairs)
     return "noinfer" if n is None else math.ceil(n / bs)
 
-# %% ../nbs/01_plasticity.ipynb #d0b7487c
+# %% ../nbs/01_plasticity.ipynb #f799cdf9
 def measure_plasticity(
     model: nn.Module,  # a timm ViT (see `check_vit`), in fp32
     source: torch.Tensor | Iterable,  # images (B, C, H, W) or a DataLoader of `xb` or `(xb, yb)`: the pretraining domain
@@ -204,6 +236,7 @@ def measure_plasticity(
     d_in, d_out = [], []
     with _measuring(model, device) as dev:
         for a, b in batches:
+            check_images(model, a, "source")  # b has a's shape
             di, do = batch_fn(model, comps, a.to(dev, torch.float32), b.to(dev, torch.float32))
             d_in.append(di.cpu()); d_out.append(do.cpu())
     return _tidy(torch.cat(d_in), torch.cat(d_out), list(comps[0]))
