@@ -35,9 +35,13 @@ def _code_block(cell) -> str:
         md.append(out.rstrip() + "\n" if raw else f"```\n{out.rstrip()}\n```\n"); raw = False
     return "\n".join(md)
 
+def _markdown(cell) -> str:
+    "A markdown cell, its links to images beside the notebook (`images/...`) made relative to the repository root."
+    return re.sub(r"\]\((images/[^)]+)\)", r"](nbs/\1)", _text(cell["source"]).strip()) + "\n"
+
 def render(nb_path: Path = ROOT / "nbs" / "index.ipynb") -> str:
     nb = json.loads(nb_path.read_text(encoding="utf-8"))
-    parts = [_text(c["source"]).strip() + "\n" if c["cell_type"] == "markdown" else _code_block(c) for c in nb["cells"]]
+    parts = [_markdown(c) if c["cell_type"] == "markdown" else _code_block(c) for c in nb["cells"]]
     parts = [p for p in parts if p.strip() and not p.startswith("#| default_exp")]
     return HEADER + "\n".join(parts)
 

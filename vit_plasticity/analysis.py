@@ -4,6 +4,7 @@
 
 # %% ../nbs/09_analysis.ipynb #28019f40
 from __future__ import annotations
+import os
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -13,16 +14,16 @@ from scipy import stats
 
 import vit_plasticity
 from .bounds import plot_bounds
-from .grid import grid_root, grid_status, load_spec, notebooks_dir
+from .grid import expand, grid_root, grid_status, load_spec, notebooks_dir
 from .plasticity import COMPONENT_COLORS, THEORETICAL_RANK, plot_plasticity_boxplot, plot_plasticity_depth
-from .runs import atomic_write_text, read_run
+from .runs import atomic_write, atomic_write_text, read_run
 
 # %% auto #0
 __all__ = ['COMPONENT_ORDER', 'collect_runs', 'seed_means', 'best_lr', 'accuracy_table', 'average_accuracy', 'relative_gain',
            'lr_gap', 'paired_tests', 'paper_main_table', 'plasticity_gain_spearman', 'finetune_runs', 'probe_accuracy',
            'run_tables', 'headline_table', 'spearman_plasticity_gain', 'plot_bars', 'pooled_se', 'plot_robustness',
-           'plot_training_dynamics', 'ranking_verdict', 'md_table', 'main_table', 'execute_results_notebook',
-           'write_report']
+           'plot_training_dynamics', 'ranking_verdict', 'md_table', 'main_table', 'planned_seeds',
+           'execute_results_notebook', 'write_report']
 
 # %% ../nbs/09_analysis.ipynb #ea451255
 def collect_runs(root: str | Path) -> pd.DataFrame:
@@ -217,8 +218,20 @@ def main_table(best: pd.DataFrame) -> pd.DataFrame:
 
 # %% ../nbs/09_analysis.ipynb #65f7acc4
 def _save(fig: plt.Figure, path: Path) -> str:
-    fig.savefig(path, dpi=120, bbox_inches="tight"); plt.close(fig)
+    "Save `fig` as PNG atomically (temporary file, then rename); its Markdown link."
+    try: atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120, bbox_inches="tight"))
+    finally: plt.close(fig)
     return f"![{path.stem}]({path.name})"
+
+def _csv(df: pd.DataFrame, path: Path, **kw) -> None:
+    "Write `df` as CSV atomically."
+    atomic_write_text(path, df.to_csv(**kw))
+
+def planned_seeds(spec: dict) -> int | None:
+    "The most seeds a grid plans for one (dataset, configuration, LR) of finetuning; None if it plans none."
+    ft = [r.params for r in expand(spec) if r.kind == "finetune"]
+    keys = pd.DataFrame(ft, columns=["dataset", "train", "lr", "seed"]).astype(str)
+    return int(keys.groupby(["dataset", "train", "lr"])["seed"].nunique().max()) if ft else None
 
 def _status_section(statuses: dict[str, str]) -> list[str]:
     counts = pd.Series(statuses).value_counts()
@@ -230,7 +243,7 @@ def _status_section(statuses: dict[str, str]) -> list[str]:
 def _plasticity_section(runs: pd.DataFrame, out: Path, name: str) -> list[str]:
     layers = run_tables(runs, "plasticity", "layers.csv")
     if layers.empty: return []
-    layers.to_csv(out / "plasticity_layers.csv", index=False)
+    _csv(layers, out / "plasticity_layers.csv", index=False)
     md = ["## Plasticity", ""]
     for p, g in layers.groupby("protocol"):
         med = g.groupby("component")["mean"].median()
@@ -242,7 +255,7 @@ def _plasticity_section(runs: pd.DataFrame, out: Path, name: str) -> list[str]:
 def _bounds_section(runs: pd.DataFrame, out: Path, name: str) -> list[str]:
     bounds = run_tables(runs, "bounds", "bounds.csv")
     if bounds.empty: return []
-    bounds.to_csv(out / "bounds.csv", index=False)
+    _csv(bounds, out / "bounds.csv", index=False)
     md = ["## Theoretical bounds", ""]
     for (model, variant), g in bounds.groupby(["model", "variant"]):
         md += [f"**{model}, {variant} computation.** " + ranking_verdict(g.groupby("component")["bound"].median(), "bound"), "",
@@ -250,15 +263,15 @@ def _bounds_section(runs: pd.DataFrame, out: Path, name: str) -> list[str]:
     return md
 
 # %% ../nbs/09_analysis.ipynb #49d9ed4c
-def _finetune_section(runs: pd.DataFrame, out: Path, name: str) -> list[str]:
+def _finetune_section(runs: pd.DataFrame, out: Path, name: str, n_seeds: int | None = None) -> list[str]:
     ft = finetune_runs(runs)
     if ft.empty: return []
-    best, best_v = best_lr(ft, "test"), best_lr(ft, "valid")
-    best.to_csv(out / "best_lr_test.csv"); best_v.to_csv(out / "best_lr_valid.csv")
+    best, best_v = best_lr(ft, "test", n_seeds), best_lr(ft, "valid", n_seeds)  # cells short of the planned seeds are flagged
+    _csv(best, out / "best_lr_test.csv"); _csv(best_v, out / "best_lr_valid.csv")
     acc, probe = accuracy_table(best), probe_accuracy(runs)
     table = main_table(best).join(probe.round(2))
-    table.to_csv(out / "main_table.csv")
-    md = ["## Finetuning", "", f"Best-LR test accuracy (%), mean ± population std over seeds, LR chosen on **test** accuracy as the paper does:", "",
+    _csv(table, out / "main_table.csv")
+    md = ["## Finetuning", "", "Best-LR test accuracy (%), mean ± population std over seeds, LR chosen on **test** accuracy as the paper does:", "",
           md_table(table), "", "The same with the LR chosen on **validation** accuracy:", "", md_table(main_table(best_v)), "",
           _save(plot_bars(acc.mean(), "average best accuracy (%)", f"{name}: average over {len(acc)} datasets", pooled_se(best)), out / "average_accuracy.png")]
     if probe.reindex(acc.index).notna().all():
@@ -267,11 +280,11 @@ def _finetune_section(runs: pd.DataFrame, out: Path, name: str) -> list[str]:
         md += ["", _save(plot_robustness(ft, d, f"{name}: {d}, every LR × seed"), out / f"robustness_{d}.png"),
                _save(plot_training_dynamics(ft, d, int(ft["seed"].min()), f"{name}: {d}, seed {int(ft['seed'].min())}"), out / f"dynamics_{d}.png")]
     if probe.reindex(acc.index).notna().all() and not run_tables(runs, "plasticity", "layers.csv").empty:
-        sp = spearman_plasticity_gain(runs); sp.to_csv(out / "spearman.csv")
+        sp = spearman_plasticity_gain(runs); _csv(sp, out / "spearman.csv")
         md += ["", "Spearman rank correlation between a component's plasticity (paper protocol, mean over layers) and its gain "
                "over the linear probe, per dataset (5 components each: descriptive) and pooled:", "", md_table(sp, "{:.3f}")]
     if len(acc) >= 2 and "MHA" in acc:
-        pt = paired_tests(acc); pt.to_csv(out / "paired_tests.csv")
+        pt = paired_tests(acc); _csv(pt, out / "paired_tests.csv")
         md += ["", f"Paired tests over {len(acc)} datasets, MHA against each component:", "", md_table(pt, "{:.4f}")]
     return md + [""]
 
@@ -284,10 +297,15 @@ def _paper_section() -> list[str]:
 def execute_results_notebook(grid: str | Path, root: Path, out: Path) -> Path:
     "Run the results notebook (nbs/results.ipynb) on a grid's folder with papermill; the executed copy goes to `out`."
     import papermill as pm
-    pm.execute_notebook(str(notebooks_dir().parent / "results.ipynb"), str(out), parameters=dict(grid=str(grid), root=str(root)),
-                        progress_bar=False, kernel_name="python3")
+    tmp = out.with_name(f".tmp-{out.name}")  # renamed into place once executed: never a half-written notebook
+    try:
+        pm.execute_notebook(str(notebooks_dir().parent / "results.ipynb"), str(tmp), parameters=dict(grid=str(grid), root=str(root)),
+                            progress_bar=False, kernel_name="python3")
+        os.replace(tmp, out)
+    finally: tmp.unlink(missing_ok=True)
     return out
 
+# %% ../nbs/09_analysis.ipynb #9c6e88de
 def write_report(spec, root: str | Path | None = None, notebook: bool = True) -> Path:
     "Write `<root>/report/`: headline table, CSV tables, PNG figures, report.md and (for a named grid) the executed results notebook."
     named, spec_arg = not isinstance(spec, dict), spec
@@ -296,9 +314,9 @@ def write_report(spec, root: str | Path | None = None, notebook: bool = True) ->
     runs, name = collect_runs(root), spec["name"]
     md = [f"# Report of grid `{name}`", "", spec.get("description", ""), "", *_status_section(grid_status(spec, root)), ""]
     if len(runs):
-        head = headline_table(runs); head.to_csv(out / "headline.csv")
+        head = headline_table(runs); _csv(head, out / "headline.csv")
         md += ["## Headline", "", md_table(head), ""]
-        md += _plasticity_section(runs, out, name) + _bounds_section(runs, out, name) + _finetune_section(runs, out, name)
+        md += _plasticity_section(runs, out, name) + _bounds_section(runs, out, name) + _finetune_section(runs, out, name, planned_seeds(spec))
     md += _paper_section()
     if notebook and named: md += ["The same analysis as a notebook: [results.ipynb](results.ipynb)."]
     report = atomic_write_text(out / "report.md", "\n".join(md) + "\n")

@@ -9,6 +9,7 @@ from collections.abc import Iterable
 
 import pandas as pd
 import torch
+import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 from torch import nn
 
@@ -137,8 +138,8 @@ def plot_bounds(bounds_df: pd.DataFrame,  # output of `plasticity_bounds`
                 title: str = "Upper bounds on plasticity",  # axes title
                ) -> Figure:
     "Bound against layer depth (%), log scale, one curve per component in the paper's colours and rank order."
-    fig = Figure(figsize=(5.5, 3.6), layout="constrained")
-    ax, depth = fig.subplots(), bounds_df["layer"].max() + 1
+    fig, ax = plt.subplots(figsize=(5.5, 3.6), layout="constrained")
+    depth = bounds_df["layer"].max() + 1
     for comp in sorted(bounds_df["component"].unique(), key=THEORETICAL_RANK.get):
         df = bounds_df[bounds_df["component"] == comp].sort_values("layer")
         ax.plot(100 * (df["layer"] + 1) / depth, df["bound"], "o-", color=COMPONENT_COLORS[comp], label=comp)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 from .analysis import write_report
-from .grid import expand, grid_root, grid_status, load_spec, run_grid, GridSpecError
+from .grid import expand, grid_status, load_spec, run_grid, GridSpecError
 from .runs import RunsDirError
 
 # %% auto #0
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
                            root=args.root, retry_failed=args.retry_failed)
             print(status_table(out)); return int(any(v == "failed" for v in out.values()))
         if args.command == "grid": print(status_table(grid_status(spec, getattr(args, "root", None)))); return 0
-        report = write_report(spec, grid_root(spec, args.root))
+        report = write_report(args.spec, args.root)  # by name or path, so the results notebook is executed too
         print(headline_text(report.parent)); print(f"report: {report}"); return 0
     except (GridSpecError, RunsDirError) as e:  # refused before any run: say what to fix, no traceback
         print(f"vitp: {e}", file=sys.stderr); return 2

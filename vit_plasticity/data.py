@@ -10,7 +10,6 @@ import json
 import os
 import random
 import sys
-import tempfile
 import time
 import types
 import warnings
@@ -38,7 +37,7 @@ __all__ = ['FMNIST_DIR', 'TINY_IMG_SIZE', 'FMNIST_MEAN', 'FMNIST_STD', 'IMAGENET
            'read_idx', 'cache_dir', 'DataNotFoundError', 'load_fashion_mnist', 'split_idxs', 'split_parts',
            'ArrayDataset', 'Split', 'image_folder', 'normalization', 'paper_transforms', 'load_cifar', 'severity_rows',
            'load_cifar10c', 'load_domainnet', 'load_flowers102', 'load_pet', 'load_imagenet_val', 'load_imagenette',
-           'pad_tiny', 'corrupt_gray', 'sketch_images', 'digits_images', 'atomic_write', 'make_domain', 'tiny_domain',
+           'pad_tiny', 'corrupt_gray', 'sketch_images', 'digits_images', 'make_domain', 'tiny_domain',
            'generation_times', 'RandomShift', 'tiny_transforms', 'DatasetSpec', 'dataset_spec', 'dataset_transforms',
            'raw_parts', 'dataset_splits', 'dataloaders', 'plasticity_sample', 'plasticity_images']
 
@@ -353,18 +352,7 @@ def digits_images() -> tuple[np.ndarray, np.ndarray]: # uint8 images (1797, 32, 
     return pad_tiny(x[:, 0].round().clamp(0, 255).to(torch.uint8)), d.target.astype(np.int64)
 
 # %% ../nbs/03_data.ipynb #e2e962fb
-def atomic_write(path: Path, # the file to write
-                 write: Callable, # called with a binary file object
-                ) -> Path:
-    "Write `path` through a temporary file in the same folder and a rename, so it is never seen half-written."
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f: write(f)
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True); raise
-    return path
+from .files import atomic_write  # temporary file, flush, rename (files notebook)
 
 # %% ../nbs/03_data.ipynb #38e80807
 BENCHMARK_VERSION = 1  # bump when a generator changes: cached arrays carry it in their names

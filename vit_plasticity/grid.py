@@ -185,8 +185,8 @@ def bind_to_parent(cmd: list[str], parent: int | None = None) -> list[str]:
 def run_kernel_manager(lock_fd: int) -> type:
     "A kernel manager class whose kernels hold the run's lock (`lock_fd`) and die with this process."
     class RunKernelManager(AsyncKernelManager):
-        def format_kernel_cmd(self, extra_arguments=None) -> list[str]:
-            return bind_to_parent(super().format_kernel_cmd(extra_arguments))
+        def format_kernel_cmd(self, extra_arguments=None) -> list[str]:  # errors only: not a TCP warning per run
+            return bind_to_parent([*super().format_kernel_cmd(extra_arguments), "--IPKernelApp.log_level=ERROR"])
         async def start_kernel(self, **kw):
             return await super().start_kernel(**{**kw, "pass_fds": (*kw.get("pass_fds", ()), lock_fd)})
     return RunKernelManager

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 import vit_plasticity
+from .files import atomic_write  # temporary file, flush, rename (files notebook)
 
 # %% auto #0
 __all__ = ['DONE', 'runs_root', 'RunsDirError', 'check_writable', 'atomic_write_text', 'atomic_write_json', 'git_commit',
@@ -38,27 +39,10 @@ def check_writable(folder: str | Path) -> Path:
                            "point VITP_RUNS (or `vitp grid run --root`) at a writable folder") from e
     return folder
 
-# %% ../nbs/07_runs.ipynb #1154fa4f
-def _fsync_dir(folder: Path) -> None:
-    "Flush a folder's entries (a rename in it) to disk; a no-op where folders cannot be opened (Windows)."
-    try: fd = os.open(folder, os.O_RDONLY)
-    except OSError: return
-    try: os.fsync(fd)
-    except OSError: pass
-    finally: os.close(fd)
-
+# %% ../nbs/07_runs.ipynb #edcf58a6
 def atomic_write_text(path: str | Path, text: str) -> Path:
-    "Write `text` to `path` through a temporary file in the same folder, flushed, then an atomic rename."
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f: f.write(text); f.flush(); os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True); raise
-    _fsync_dir(path.parent)
-    return path
+    "Write `text` (UTF-8) to `path` atomically."
+    return atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 # %% ../nbs/07_runs.ipynb #8b1235ef
 def atomic_write_json(path: str | Path, obj) -> Path:
