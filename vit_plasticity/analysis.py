@@ -5,6 +5,7 @@
 # %% ../nbs/09_analysis.ipynb #28019f40
 from __future__ import annotations
 import os
+from collections.abc import Collection
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -26,10 +27,11 @@ __all__ = ['COMPONENT_ORDER', 'collect_runs', 'seed_means', 'best_lr', 'accuracy
            'execute_results_notebook', 'write_report']
 
 # %% ../nbs/09_analysis.ipynb #ea451255
-def collect_runs(root: str | Path) -> pd.DataFrame:
-    "One row per run folder under `root`: its parameters, metrics, folder and status (`run_status`)."
+def collect_runs(root: str | Path, only: Collection[str] | None = None) -> pd.DataFrame:
+    "One row per run folder under `root` (or only those named in `only`): its parameters, metrics, folder and status."
     root = Path(root)
     dirs = sorted(p.parent for p in root.glob("*/params.json")) if root.exists() else []
+    dirs = [d for d in dirs if only is None or d.name in only]
     rows = [{"kind": d.name.split("-")[0], **read_run(d)} for d in dirs]
     return pd.DataFrame(rows) if rows else pd.DataFrame(columns=["kind", "run_dir", "run_status"])
 
@@ -306,13 +308,15 @@ def execute_results_notebook(grid: str | Path, root: Path, out: Path) -> Path:
     return out
 
 # %% ../nbs/09_analysis.ipynb #9c6e88de
-def write_report(spec, root: str | Path | None = None, notebook: bool = True) -> Path:
+def write_report(spec, root: str | Path | None = None, notebook: bool = True, planned_only: bool = True) -> Path:
     "Write `<root>/report/`: headline table, CSV tables, PNG figures, report.md and (for a named grid) the executed results notebook."
     named, spec_arg = not isinstance(spec, dict), spec
     spec = spec if isinstance(spec, dict) else load_spec(spec)
     root = grid_root(spec, root); out = root / "report"; out.mkdir(parents=True, exist_ok=True)
-    runs, name = collect_runs(root), spec["name"]
+    runs, name = collect_runs(root, {r.id for r in expand(spec)} if planned_only else None), spec["name"]
     md = [f"# Report of grid `{name}`", "", spec.get("description", ""), "", *_status_section(grid_status(spec, root)), ""]
+    if stray := len(collect_runs(root)) - len(runs):  # e.g. runs of an LR since removed from the spec
+        md += [f"{stray} run folder(s) under `{root.name}/` are not in this grid's plan and are left out.", ""]
     if len(runs):
         head = headline_table(runs); _csv(head, out / "headline.csv")
         md += ["## Headline", "", md_table(head), ""]
