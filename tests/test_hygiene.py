@@ -66,3 +66,10 @@ def test_library_has_no_undefined_names():
 def test_readme_is_generated_from_index():
     out = subprocess.run([sys.executable, str(ROOT / "scripts" / "make_readme.py"), "--check"], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr + " (run `make readme`)"
+
+def test_readme_images_exist():
+    "Every image the README shows is a committed file (the links are rewritten from nbs/index.ipynb's `images/...`)."
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", (ROOT / "README.md").read_text(encoding="utf-8"))
+    assert links, "the README shows no figure"
+    missing = [l for l in links if not l.startswith("http") and not (ROOT / l).is_file()]
+    assert not missing, f"README links to missing images: {missing}"
