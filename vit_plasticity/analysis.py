@@ -20,18 +20,21 @@ from .plasticity import COMPONENT_COLORS, THEORETICAL_RANK, plot_plasticity_boxp
 from .runs import atomic_write, atomic_write_text, read_run
 
 # %% auto #0
-__all__ = ['COMPONENT_ORDER', 'collect_runs', 'seed_means', 'best_lr', 'accuracy_table', 'average_accuracy', 'relative_gain',
-           'lr_gap', 'paired_tests', 'paper_main_table', 'plasticity_gain_spearman', 'finetune_runs', 'probe_accuracy',
-           'run_tables', 'headline_table', 'spearman_plasticity_gain', 'plot_bars', 'pooled_se', 'plot_robustness',
-           'plot_training_dynamics', 'ranking_verdict', 'md_table', 'main_table', 'planned_seeds',
+__all__ = ['COMPONENT_ORDER', 'run_dirs', 'collect_runs', 'seed_means', 'best_lr', 'accuracy_table', 'average_accuracy',
+           'relative_gain', 'lr_gap', 'paired_tests', 'paper_main_table', 'plasticity_gain_spearman', 'finetune_runs',
+           'probe_accuracy', 'run_tables', 'headline_table', 'spearman_plasticity_gain', 'plot_bars', 'pooled_se',
+           'plot_robustness', 'plot_training_dynamics', 'ranking_verdict', 'md_table', 'main_table', 'planned_seeds',
            'execute_results_notebook', 'write_report']
 
 # %% ../nbs/09_analysis.ipynb #ea451255
+def run_dirs(root: str | Path) -> list[Path]:
+    "The run folders under `root` (those holding a `params.json`), sorted."
+    root = Path(root)
+    return sorted(p.parent for p in root.glob("*/params.json")) if root.exists() else []
+
 def collect_runs(root: str | Path, only: Collection[str] | None = None) -> pd.DataFrame:
     "One row per run folder under `root` (or only those named in `only`): its parameters, metrics, folder and status."
-    root = Path(root)
-    dirs = sorted(p.parent for p in root.glob("*/params.json")) if root.exists() else []
-    dirs = [d for d in dirs if only is None or d.name in only]
+    dirs = [d for d in run_dirs(root) if only is None or d.name in only]
     rows = [{"kind": d.name.split("-")[0], **read_run(d)} for d in dirs]
     return pd.DataFrame(rows) if rows else pd.DataFrame(columns=["kind", "run_dir", "run_status"])
 
@@ -281,7 +284,7 @@ def _finetune_section(runs: pd.DataFrame, out: Path, name: str, n_seeds: int | N
     for d in acc.index:
         md += ["", _save(plot_robustness(ft, d, f"{name}: {d}, every LR × seed"), out / f"robustness_{d}.png"),
                _save(plot_training_dynamics(ft, d, int(ft["seed"].min()), f"{name}: {d}, seed {int(ft['seed'].min())}"), out / f"dynamics_{d}.png")]
-    if probe.reindex(acc.index).notna().all() and not run_tables(runs, "plasticity", "layers.csv").empty:
+    if probe.reindex(acc.index).notna().all() and ((runs["kind"] == "plasticity") & (runs["run_status"] == "done")).any():
         sp = spearman_plasticity_gain(runs); _csv(sp, out / "spearman.csv")
         md += ["", "Spearman rank correlation between a component's plasticity (paper protocol, mean over layers) and its gain "
                "over the linear probe, per dataset (5 components each: descriptive) and pooled:", "", md_table(sp, "{:.3f}")]
@@ -313,9 +316,10 @@ def write_report(spec, root: str | Path | None = None, notebook: bool = True, pl
     named, spec_arg = not isinstance(spec, dict), spec
     spec = spec if isinstance(spec, dict) else load_spec(spec)
     root = grid_root(spec, root); out = root / "report"; out.mkdir(parents=True, exist_ok=True)
-    runs, name = collect_runs(root, {r.id for r in expand(spec)} if planned_only else None), spec["name"]
+    planned = {r.id for r in expand(spec)} if planned_only else None
+    runs, name = collect_runs(root, planned), spec["name"]
     md = [f"# Report of grid `{name}`", "", spec.get("description", ""), "", *_status_section(grid_status(spec, root)), ""]
-    if stray := len(collect_runs(root)) - len(runs):  # e.g. runs of an LR since removed from the spec
+    if stray := len(run_dirs(root)) - len(runs):  # e.g. runs of an LR since removed from the spec
         md += [f"{stray} run folder(s) under `{root.name}/` are not in this grid's plan and are left out.", ""]
     if len(runs):
         head = headline_table(runs); _csv(head, out / "headline.csv")

@@ -48,13 +48,15 @@ def rate_surface(f: nn.Module,         # a component, e.g. `block_components(mod
     return coords, rates
 
 # %% ../nbs/11_landscape.ipynb #45f66c82
+def _trainable(model: nn.Module) -> list[nn.Parameter]: return [p for p in model.parameters() if p.requires_grad]
+
 def trainable_vector(model: nn.Module) -> torch.Tensor:
     "The trainable parameters of `model`, flattened into one vector (a copy)."
-    return torch.cat([p.detach().reshape(-1) for p in model.parameters() if p.requires_grad]).clone()
+    return torch.nn.utils.parameters_to_vector(_trainable(model)).detach()
 
 def load_trainable(model: nn.Module, theta: torch.Tensor) -> None:
     "Write the vector `theta` back into the trainable parameters of `model`, in place."
-    torch.nn.utils.vector_to_parameters(theta, [p for p in model.parameters() if p.requires_grad])
+    torch.nn.utils.vector_to_parameters(theta, _trainable(model))
 
 # %% ../nbs/11_landscape.ipynb #488738a0
 def sgd_path(model: nn.Module,            # a supported ViT; changed in place (holds θ_T at the end)
@@ -68,7 +70,7 @@ def sgd_path(model: nn.Module,            # a supported ViT; changed in place (h
             ) -> torch.Tensor:             # (n_steps + 1, P): θ_0 .. θ_T
     "Finetune `train` with the paper's SGD (momentum 0.9, clipping at 1.0) and record the trainable parameters at every step."
     set_trainable(model, train, train_head=train_head)
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = _trainable(model)
     opt, g = torch.optim.SGD(params, lr=lr, momentum=0.9), torch.Generator().manual_seed(seed)
     path, model = [trainable_vector(model)], model.train()
     for _ in range(n_steps):

@@ -165,10 +165,8 @@ def _pairs(source: torch.Tensor | Iterable, target: torch.Tensor | Iterable, bs:
     if n_pairs is not None: warnings.warn(f"source has {done} images: measured {done} pairs, not n_pairs={n_pairs}")
 
 # %% ../nbs/01_plasticity.ipynb #142c9844
-def check_images(model: nn.Module, xb: torch.Tensor, role: str = "images") -> torch.Tensor:
-    "`xb` if it is a non-empty, finite, floating-point batch (B, C, H, W) that `model` takes, else a `ValueError` saying what to fix."
-    next(_images([xb], role))  # (B, C, H, W), floating point, finite
-    if len(xb) == 0: raise ValueError(f"{role} is empty: pass at least one image")
+def _check_fits(model: nn.Module, xb: torch.Tensor, role: str) -> torch.Tensor:
+    "`xb`, a batch already checked by `_images`, if `model` takes images of its channels and size; else a `ValueError`."
     pe = check_vit(model).patch_embed
     fixed = pe.img_size is not None and getattr(pe, "strict_img_size", True)
     want = (pe.proj.in_channels, *(pe.img_size if fixed else ()))
@@ -176,6 +174,12 @@ def check_images(model: nn.Module, xb: torch.Tensor, role: str = "images") -> to
         raise ValueError(f"{role} are (C, H, W) = {tuple(xb.shape[1:])}, but the model takes {tuple(want)}: "
                          "resize or convert them with the model's transforms (`data.dataset_transforms`)")
     return xb
+
+def check_images(model: nn.Module, xb: torch.Tensor, role: str = "images") -> torch.Tensor:
+    "`xb` if it is a non-empty, finite, floating-point batch (B, C, H, W) that `model` takes, else a `ValueError` saying what to fix."
+    next(_images([xb], role))  # (B, C, H, W), floating point, finite
+    if len(xb) == 0: raise ValueError(f"{role} is empty: pass at least one image")
+    return _check_fits(model, xb, role)
 
 # %% ../nbs/01_plasticity.ipynb #51fabbe9
 @contextmanager
@@ -236,7 +240,7 @@ def measure_plasticity(
     d_in, d_out = [], []
     with _measuring(model, device) as dev:
         for a, b in batches:
-            check_images(model, a, "source")  # b has a's shape
+            _check_fits(model, a, "source")  # `_pairs` checked a and b already; b has a's shape
             di, do = batch_fn(model, comps, a.to(dev, torch.float32), b.to(dev, torch.float32))
             d_in.append(di.cpu()); d_out.append(do.cpu())
     return _tidy(torch.cat(d_in), torch.cat(d_out), list(comps[0]))

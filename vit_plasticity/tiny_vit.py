@@ -11,6 +11,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
 import timm
 import torch
 import torch.nn.functional as F
@@ -24,8 +25,8 @@ from .data import FMNIST_MEAN, FMNIST_STD, TINY_IMG_SIZE, load_fashion_mnist, pa
 from .models import PAPER_LN_EPS, PRESETS, TINY_VIT_FILE, set_ln_eps, tiny_recipe
 
 # %% auto #0
-__all__ = ['TINY_VIT_ARCH', 'TINY_VIT_RECIPE', 'tiny_vit', 'fmnist_tensors', 'accuracy', 'train_tiny_vit', 'pretrain_tiny_vit',
-           'is_current', 'pretrain_tiny_vit_cli']
+__all__ = ['TINY_VIT_ARCH', 'TINY_VIT_RECIPE', 'tiny_vit', 'tiny_tensors', 'fmnist_tensors', 'accuracy', 'train_tiny_vit',
+           'pretrain_tiny_vit', 'is_current', 'pretrain_tiny_vit_cli']
 
 # %% ../nbs/04a_tiny_vit.ipynb #e0bc967e
 TINY_VIT_ARCH = dict(timm_name=PRESETS["tiny-fmnist"], img_size=TINY_IMG_SIZE, patch_size=8, in_chans=1,
@@ -43,14 +44,18 @@ def tiny_vit(seed: int = 0, # seed of the random initialisation (the global RNG 
         return set_ln_eps(timm.create_model(name, pretrained=False, **arch), eps)
 
 # %% ../nbs/04a_tiny_vit.ipynb #a8fcab2c
+def tiny_tensors(images: np.ndarray, # uint8 padded images (N, 32, 32): Fashion-MNIST or an offline target domain
+                ) -> torch.Tensor:    # (N, 1, 32, 32) float, normalised as the tiny ViT was pretrained
+    "Padded grey images as the tiny ViT's inputs: scaled to [0, 1], normalised with Fashion-MNIST's mean and std."
+    return (torch.from_numpy(images)[:, None].float() / 255 - FMNIST_MEAN[0]) / FMNIST_STD[0]
+
 def fmnist_tensors(split: str = "train",           # "train" or "test"
                    n: int | None = None,            # keep the first `n` images (default all)
                    root: str | Path | None = None,  # folder of the idx files (default: `load_fashion_mnist`'s)
                   ) -> tuple[torch.Tensor, torch.Tensor]: # images (N, 1, 32, 32) normalised, labels (N,)
     "Fashion-MNIST `split` as normalised 32×32 float tensors, ready for the tiny ViT."
     x, y = load_fashion_mnist(split, root)
-    x = torch.from_numpy(pad_tiny(x[:n]))[:, None].float() / 255  # (N, 1, 32, 32)
-    return (x - FMNIST_MEAN[0]) / FMNIST_STD[0], y[:n]
+    return tiny_tensors(pad_tiny(x[:n])), y[:n]
 
 # %% ../nbs/04a_tiny_vit.ipynb #24ff72ea
 TINY_VIT_RECIPE = dict(epochs=12, bs=128, lr=3e-3, wd=0.05, pct_start=0.2, label_smoothing=0.1, seed=0)
