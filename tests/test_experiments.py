@@ -31,7 +31,7 @@ def test_injected_parameters_reach_the_run(tmp_path, runs):
 def test_paper_grid_plans_924_finetuning_runs(capsys):
     assert main(["grid", "run", "paper", "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert "finetune         924" in out and "linear_probe      11" in out
+    assert "finetune         924" in out and "linear_probe      22" in out
     assert sum(r.kind == "finetune" for r in expand("ablation-adamw")) == 288
     assert sum(r.kind == "finetune" for r in expand("ablation-size")) == 144
 

@@ -15,7 +15,7 @@ from scipy import stats
 
 import vit_plasticity
 from .bounds import plot_bounds
-from .grid import expand, grid_root, grid_status, load_spec, notebooks_dir
+from .grid import expand, grid_status, load_spec, notebooks_dir, plan
 from .plasticity import COMPONENT_COLORS, THEORETICAL_RANK, plot_plasticity_boxplot, plot_plasticity_depth
 from .runs import atomic_write, atomic_write_text, read_run
 
@@ -299,26 +299,36 @@ def _paper_section() -> list[str]:
     return ["## The paper, for comparison", "", "ViT-B/16 in21k on its 11 datasets (paper.md §5), best-LR test accuracy (%):", "",
             md_table(paper), ""]
 
-def execute_results_notebook(grid: str | Path, root: Path, out: Path) -> Path:
+def execute_results_notebook(grid: str | Path, root: Path, out: Path, rehearse: bool = False,
+                             sample: int | None = None) -> Path:
     "Run the results notebook (nbs/results.ipynb) on a grid's folder with papermill; the executed copy goes to `out`."
     import papermill as pm
     tmp = out.with_name(f".tmp-{out.name}")  # renamed into place once executed: never a half-written notebook
     try:
-        pm.execute_notebook(str(notebooks_dir().parent / "results.ipynb"), str(tmp), parameters=dict(grid=str(grid), root=str(root)),
+        pm.execute_notebook(str(notebooks_dir().parent / "results.ipynb"), str(tmp), parameters=dict(grid=str(grid), root=str(root), rehearse=rehearse, sample=sample or 0),
                             progress_bar=False, kernel_name="python3")
         os.replace(tmp, out)
     finally: tmp.unlink(missing_ok=True)
     return out
 
 # %% ../nbs/09_analysis.ipynb #9c6e88de
-def write_report(spec, root: str | Path | None = None, notebook: bool = True, planned_only: bool = True) -> Path:
+def _title(spec: dict, rehearse: bool) -> tuple[str, str]:
+    "The report's title, and the name its figures carry: a rehearsal says so in both."
+    if not rehearse: return f"# Report of grid `{spec['name']}`", spec["name"]
+    return (f"# REHEARSAL of grid `{spec['name']}`: stand-in models and synthetic data, not results",
+            f"REHEARSAL {spec['name']}")
+
+def write_report(spec, root: str | Path | None = None, notebook: bool = True, planned_only: bool = True,
+                 rehearse: bool = False, sample: int | None = None) -> Path:
     "Write `<root>/report/`: headline table, CSV tables, PNG figures, report.md and (for a named grid) the executed results notebook."
     named, spec_arg = not isinstance(spec, dict), spec
     spec = spec if isinstance(spec, dict) else load_spec(spec)
-    root = grid_root(spec, root); out = root / "report"; out.mkdir(parents=True, exist_ok=True)
-    planned = {r.id for r in expand(spec)} if planned_only else None
-    runs, name = collect_runs(root, planned), spec["name"]
-    md = [f"# Report of grid `{name}`", "", spec.get("description", ""), "", *_status_section(grid_status(spec, root)), ""]
+    planned_runs, root = plan(spec, root, rehearse, sample)
+    out = root / "report"; out.mkdir(parents=True, exist_ok=True)
+    planned = {r.id for r in planned_runs} if planned_only else None
+    runs = collect_runs(root, planned)
+    title, name = _title(spec, rehearse)
+    md = [title, "", spec.get("description", ""), "", *_status_section(grid_status(spec, root, rehearse, sample)), ""]
     if stray := len(run_dirs(root)) - len(runs):  # e.g. runs of an LR since removed from the spec
         md += [f"{stray} run folder(s) under `{root.name}/` are not in this grid's plan and are left out.", ""]
     if len(runs):
@@ -328,5 +338,5 @@ def write_report(spec, root: str | Path | None = None, notebook: bool = True, pl
     md += _paper_section()
     if notebook and named: md += ["The same analysis as a notebook: [results.ipynb](results.ipynb)."]
     report = atomic_write_text(out / "report.md", "\n".join(md) + "\n")
-    if notebook and named: execute_results_notebook(spec_arg, root, out / "results.ipynb")
+    if notebook and named: execute_results_notebook(spec_arg, root, out / "results.ipynb", rehearse, sample)
     return report

@@ -4,17 +4,15 @@
 
 # %% ../nbs/10_cli.ipynb #a008b548
 from __future__ import annotations
-import argparse, sys
+import argparse
+import sys
 from collections import Counter
 from pathlib import Path
 
-import pandas as pd
-from .analysis import write_report
-from .grid import expand, grid_status, load_spec, run_grid, GridSpecError
-from .runs import RunsDirError
+from .slurm import SLURM_OPTIONS  # light: the libraries each command needs are imported by it
 
 # %% auto #0
-__all__ = ['parser', 'plan_table', 'status_table', 'headline_text', 'main']
+__all__ = ['parser', 'plan_table', 'sbatch_preview', 'status_table', 'plan_flags', 'retry_hint', 'headline_text', 'main']
 
 # %% ../nbs/10_cli.ipynb #df96d767
 def _positive(text: str) -> int:
@@ -24,48 +22,90 @@ def _positive(text: str) -> int:
     if n < 1: raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
     return n
 
-def _devices(text: str) -> list[str]:
-    "An argparse type: comma-separated device names, none empty."
-    if not all(names := text.split(",")): raise argparse.ArgumentTypeError(f"{text!r}: name devices as cpu or cuda:0,cuda:1")
-    return names
+def _devices(text: str) -> str:
+    "An argparse type: 'auto' or comma-separated device names, none empty."
+    if not all(text.split(",")): raise argparse.ArgumentTypeError(f"{text!r}: name devices as auto, cpu or cuda:0,cuda:1")
+    return text
 
+def _plan_args(p: argparse.ArgumentParser) -> None:
+    "The arguments that choose a grid's plan and folder, shared by run, status and report."
+    p.add_argument("spec", help="a committed grid (paper, ablation-adamw, ablation-size, demo, smoke) or a YAML path")
+    p.add_argument("--rehearse", action="store_true", help="the grid's rehearsal: stand-ins, synthetic data, CPU")
+    p.add_argument("--sample", type=_positive, default=None, help="a stratified sample of this many runs")
+    p.add_argument("--root", default=None, help="folder of the grid's runs (default runs/<grid>)")
+
+# %% ../nbs/10_cli.ipynb #ebd81003
+def _slurm_args(p: argparse.ArgumentParser) -> None:
+    "One flag per SLURM setting (`--gpus-per-task`), over the grid's `slurm:` block."
+    g = p.add_argument_group("SLURM settings (with --executor slurm; they win over the grid's slurm: block)")
+    for name, (_, kind, help) in SLURM_OPTIONS.items():
+        flag = "--" + name.replace("_", "-")
+        if kind is list: g.add_argument(flag, action="append", default=None, help=help + " (repeatable)")
+        else: g.add_argument(flag, type=kind, default=None, help=help)
+    g.add_argument("--no-wait", action="store_true", help="return once submitted (vitp grid status tells the rest)")
+
+# %% ../nbs/10_cli.ipynb #0055d7e4
 def parser() -> argparse.ArgumentParser:
     "The `vitp` argument parser."
     p = argparse.ArgumentParser(prog="vitp", description="Plan, run, resume and report vit-plasticity grids.")
     sub = p.add_subparsers(dest="command", required=True)
     grid = sub.add_parser("grid", help="run or inspect a grid").add_subparsers(dest="action", required=True)
     run = grid.add_parser("run", help="execute every run not yet complete")
-    run.add_argument("spec"); run.add_argument("--jobs", type=_positive, default=None, help="concurrent runs (default: one per device)")
-    run.add_argument("--devices", type=_devices, default="cpu", help="comma-separated devices, e.g. cuda:0,cuda:1")
+    _plan_args(run)
+    run.add_argument("--jobs", type=_positive, default=None, help="concurrent runs (default: one per device)")
+    run.add_argument("--devices", type=_devices, default="auto", help="auto (every GPU, else the CPU), cpu, cuda:0,...")
     run.add_argument("--executor", choices=("local", "slurm"), default="local")
-    run.add_argument("--dry-run", action="store_true", help="print the plan and exit")
+    run.add_argument("--dry-run", action="store_true", help="print the plan (and the sbatch settings) and exit")
     run.add_argument("--retry-failed", action="store_true", help="run failed runs again")
-    run.add_argument("--root", default=None, help="folder of the grid's runs (default runs/<grid>)")
-    grid.add_parser("status", help="count done, failed, partial and missing runs").add_argument("spec")
-    rep = sub.add_parser("report", help="tables, figures and report.md of a grid")
-    rep.add_argument("spec"); rep.add_argument("--root", default=None)
+    _slurm_args(run)
+    _plan_args(grid.add_parser("status", help="count done, failed, partial and missing runs; exit 1 unless all done"))
+    _plan_args(sub.add_parser("report", help="tables, figures and report.md of a grid"))
     return p
 
 # %% ../nbs/10_cli.ipynb #6808b11e
-def plan_table(spec) -> str:
+def plan_table(runs: list, name: str) -> str:
     "The plan of a grid: number of runs per experiment kind."
-    counts = Counter(r.kind for r in expand(spec))
+    counts = Counter(r.kind for r in runs)
     lines = [f"{k:<14}{n:>6}" for k, n in counts.items()] + [f"{'total':<14}{sum(counts.values()):>6}"]
-    return "\n".join([f"grid {spec['name']}: planned runs", *lines])
+    return "\n".join([f"grid {name}: planned runs", *lines])
+
+def sbatch_preview(spec: dict, runs: list, root: Path, overrides: dict, rehearse: bool) -> str:
+    "The sbatch file of each kind's job array, as `vitp grid run --executor slurm` would submit it."
+    from vit_plasticity.grid import slurm_plan_settings
+    from vit_plasticity.slurm import sbatch_text
+    settings, counts = slurm_plan_settings(spec, overrides, rehearse), Counter(r.kind for r in runs)
+    return "\n".join(f"--- {kind}: a job array of {n} tasks ---\n"
+                     + sbatch_text(settings(kind), n, root / ".submitit", f"vitp-{spec['name']}-{kind}")
+                     for kind, n in counts.items())
 
 # %% ../nbs/10_cli.ipynb #898e413b
 def status_table(statuses: dict[str, str]) -> str:
     "Counts of run statuses, and the ids of failed and unfinished runs."
     counts = Counter(statuses.values())
-    lines = [f"{k:<10}{counts.get(k, 0):>6}" for k in ("done", "failed", "partial", "missing", "locked", "skipped") if counts.get(k)]
+    kinds = ("done", "failed", "partial", "missing", "locked", "skipped", "submitted")
+    lines = [f"{k:<10}{counts[k]:>6}" for k in kinds if counts.get(k)]
     bad = [f"  {s:<8}{i}" for i, s in statuses.items() if s in ("failed", "partial")]
     return "\n".join(lines + (["unfinished or failed:"] + bad[:50] if bad else []))
+
+def plan_flags(args) -> str:
+    "The command-line flags that choose the plan and folder of `args` (`--rehearse --sample 20 --root DIR`)."
+    flags = [("--rehearse" if args.rehearse else ""), (f"--sample {args.sample}" if args.sample else ""),
+             (f"--root {args.root}" if args.root else "")]
+    return " ".join(f for f in flags if f)
+
+def retry_hint(statuses: dict[str, str], args, argv: list[str]) -> str:
+    "What to do about failed runs: how many, where to read why, and the command that retries them."
+    n = sum(s == "failed" for s in statuses.values())
+    status = " ".join(["vitp grid status", args.spec, plan_flags(args)]).strip()
+    retry = " ".join(["vitp", *[a for a in argv if a != "--retry-failed"], "--retry-failed"])
+    return f"{n} run(s) failed: `{status}` lists them and each one's metrics.json says why; retry them: `{retry}`"
 
 # %% ../nbs/10_cli.ipynb #9dfad2ef
 def headline_text(report_dir: str | Path) -> str:
     "The headline table of a written report (per component: plasticity, best accuracy, gain, LR gap) and the rank correlation."
     head, sp = Path(report_dir) / "headline.csv", Path(report_dir) / "spearman.csv"
     if not head.exists(): return "no finished runs yet"
+    import pandas as pd
     lines = ["Headline, per component:", pd.read_csv(head, index_col=0).round(3).to_string()]
     if sp.exists():
         rho = pd.read_csv(sp, index_col=0).loc["pooled"]
@@ -74,18 +114,46 @@ def headline_text(report_dir: str | Path) -> str:
     return "\n".join(lines)
 
 # %% ../nbs/10_cli.ipynb #5ff5f5e7
+def _slurm_overrides(args) -> dict:
+    "The SLURM settings given on the command line."
+    return {name: getattr(args, name) for name in SLURM_OPTIONS}
+
+def _run(args, spec: dict, argv: list[str]) -> int:
+    "`vitp grid run`: the plan (and sbatch settings) with --dry-run, else execute it; 1 if a run failed."
+    from vit_plasticity.grid import plan, run_grid
+    kw = dict(root=args.root, rehearse=args.rehearse, sample=args.sample)
+    if args.dry_run:
+        run_grid(spec, dry_run=True, **kw)
+        runs, root = plan(spec, **kw)
+        print(plan_table(runs, spec["name"]))
+        if args.executor == "slurm": print(sbatch_preview(spec, runs, root, _slurm_overrides(args), args.rehearse))
+        return 0
+    out = run_grid(spec, jobs=args.jobs, devices=args.devices, executor=args.executor,
+                   retry_failed=args.retry_failed, slurm=_slurm_overrides(args), wait=not args.no_wait, **kw)
+    print(status_table(out))
+    if any(v == "failed" for v in out.values()): print(retry_hint(out, args, argv), file=sys.stderr)
+    return int(any(v == "failed" for v in out.values()))
+
+# %% ../nbs/10_cli.ipynb #6f6e2b4e
 def main(argv: list[str] | None = None) -> int:
-    "Entry point of `vitp`."
+    "Entry point of `vitp`; exit status 0 (all well), 1 (runs failed or not all done), 2 (refused before work)."
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser().parse_args(argv)
+    from vit_plasticity.grid import GridSpecError, grid_status, load_spec
+    from vit_plasticity.preflight import PreflightError
+    from vit_plasticity.runs import RunsDirError
     try:
         spec = load_spec(args.spec)
-        if args.command == "grid" and args.action == "run":
-            if args.dry_run: run_grid(spec, dry_run=True, root=args.root); print(plan_table(spec)); return 0
-            out = run_grid(spec, jobs=args.jobs, devices=args.devices, executor=args.executor,
-                           root=args.root, retry_failed=args.retry_failed)
-            print(status_table(out)); return int(any(v == "failed" for v in out.values()))
-        if args.command == "grid": print(status_table(grid_status(spec, getattr(args, "root", None)))); return 0
-        report = write_report(args.spec, args.root)  # by name or path, so the results notebook is executed too
-        print(headline_text(report.parent)); print(f"report: {report}"); return 0
-    except (GridSpecError, RunsDirError) as e:  # refused before any run: say what to fix, no traceback
-        print(f"vitp: {e}", file=sys.stderr); return 2
+        if args.command == "grid" and args.action == "run": return _run(args, spec, argv)
+        if args.command == "grid":
+            statuses = grid_status(spec, args.root, args.rehearse, args.sample)
+            print(status_table(statuses))
+            return int(any(s != "done" for s in statuses.values()))
+        from vit_plasticity.analysis import write_report
+        report = write_report(args.spec, args.root, rehearse=args.rehearse, sample=args.sample)
+        print(headline_text(report.parent))
+        print(f"report: {report}")
+        return 0
+    except (GridSpecError, RunsDirError, PreflightError, ValueError) as e:  # refused before work: no traceback
+        print(f"vitp: {e}", file=sys.stderr)
+        return 2

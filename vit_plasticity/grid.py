@@ -9,22 +9,25 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import papermill as pm
 import yaml
-from jupyter_client import AsyncKernelManager
 from tqdm.auto import tqdm
 
 import vit_plasticity
-from .runs import atomic_write_json, atomic_write_text, check_writable, clear_run, run_status, runs_root, DONE
+from .preflight import PreflightError, preflight, resolve_devices
+from .rehearsal import REHEARSAL_SLURM, prepare_rehearsal, rehearsal_data_root, rehearsal_root
+from .rehearsal import rehearse_runs, sample_runs
+from .slurm import SlurmConfigError, check_slurm_block, run_slurm, slurm_settings
+from .runs import atomic_write_json, atomic_write_text, check_writable, clear_run, record_failure, run_status, runs_root, DONE
 
 # %% auto #0
 __all__ = ['KINDS', 'GridSpecError', 'grids_dir', 'notebooks_dir', 'load_spec', 'validate_spec', 'Run', 'expand', 'notebook_for',
            'check_params', 'check_names', 'RunLock', 'bind_to_parent', 'run_kernel_manager', 'execute_run', 'grid_root',
-           'grid_status', 'run_local', 'run_slurm', 'run_grid']
+           'plan', 'grid_status', 'run_local', 'slurm_plan_settings', 'run_grid']
 
 # %% ../nbs/08_grid.ipynb #01bd7fd4
 KINDS = ("plasticity", "bounds", "finetune", "linear_probe")  # one experiment notebook each
-_SPEC_KEYS, _BLOCK_KEYS = {"name", "description", "defaults", "blocks"}, {"kind", "params", "grid", "description"}
+_SPEC_KEYS = {"name", "description", "defaults", "blocks", "slurm"}
+_BLOCK_KEYS = {"kind", "params", "grid", "description"}
 
 class GridSpecError(ValueError):
     "A grid specification that cannot be expanded: the message names the key and the fix."
@@ -76,10 +79,13 @@ def validate_spec(spec: dict, where: str = "grid") -> dict:
     if not isinstance(spec.get("defaults", {}), dict): raise GridSpecError(f"{where}: `defaults` must be a mapping")
     if not isinstance(spec.get("blocks"), list) or not spec["blocks"]: raise GridSpecError(f"{where}: `blocks` must be a non-empty list")
     for i, b in enumerate(spec["blocks"]): _check_block(b, spec.get("defaults", {}), f"{where}: block {i}")
+    try: check_slurm_block(spec.get("slurm", {}), f"{where}: slurm")
+    except SlurmConfigError as e: raise GridSpecError(str(e)) from e
     return spec
 
 # %% ../nbs/08_grid.ipynb #346e31ae
 _ID_KEYS = ("dataset", "model", "train", "lr", "seed")
+_WHERE_KEYS = ("data_root", "source_root")  # where the data are, not what the run is: outside its identity
 
 @dataclass
 class Run:
@@ -89,8 +95,10 @@ class Run:
 
     @property
     def id(self) -> str:
-        digest = hashlib.sha1(json.dumps([self.kind, self.params], sort_keys=True).encode()).hexdigest()[:8]
-        readable = [f"{k}{self.params[k]}" if k in ("lr", "seed") else str(self.params[k]) for k in _ID_KEYS if k in self.params]
+        what = {k: v for k, v in self.params.items() if k not in _WHERE_KEYS}
+        digest = hashlib.sha1(json.dumps([self.kind, what], sort_keys=True).encode()).hexdigest()[:8]
+        readable = [f"{k}{self.params[k]}" if k in ("lr", "seed") else str(self.params[k])
+                    for k in _ID_KEYS if k in self.params]
         return re.sub(r"[^A-Za-z0-9_.+-]", "_", "-".join([self.kind, *readable, digest]))
 
 # %% ../nbs/08_grid.ipynb #e1db9afc
@@ -127,6 +135,7 @@ def _type_error(value, declared: str) -> str | None:
 # %% ../nbs/08_grid.ipynb #96d01617
 def check_params(runs: list[Run], notebooks: str | Path | None = None) -> None:
     "Raise `GridSpecError` if a run sets a parameter its notebook does not declare, or a value of the wrong type."
+    import papermill as pm  # slow to import (a second): only where it is used
     declared = {k: pm.inspect_notebook(str(notebook_for(k, notebooks))) for k in {r.kind for r in runs}}
     for r in runs:
         if bad := set(r.params) - set(declared[r.kind]):
@@ -184,6 +193,7 @@ def bind_to_parent(cmd: list[str], parent: int | None = None) -> list[str]:
 # %% ../nbs/08_grid.ipynb #a3c17124
 def run_kernel_manager(lock_fd: int) -> type:
     "A kernel manager class whose kernels hold the run's lock (`lock_fd`) and die with this process."
+    from jupyter_client import AsyncKernelManager
     class RunKernelManager(AsyncKernelManager):
         def format_kernel_cmd(self, extra_arguments=None) -> list[str]:  # errors only: not a TCP warning per run
             return bind_to_parent([*super().format_kernel_cmd(extra_arguments), "--IPKernelApp.log_level=ERROR"])
@@ -191,18 +201,11 @@ def run_kernel_manager(lock_fd: int) -> type:
             return await super().start_kernel(**{**kw, "pass_fds": (*kw.get("pass_fds", ()), lock_fd)})
     return RunKernelManager
 
-# %% ../nbs/08_grid.ipynb #15ea55bb
-def _record_failure(run_dir: Path, err: BaseException | str) -> None:
-    "Mark a run as failed with its error, keeping whatever it wrote (the executed notebook included)."
-    if isinstance(err, str): error = err
-    else: error = f"{getattr(err, 'ename', type(err).__name__)}: {str(getattr(err, 'evalue', '') or err) or '(no message)'}"
-    atomic_write_json(run_dir / "metrics.json", dict(status="failed", error=error, notebook="notebook.ipynb"))
-    atomic_write_text(run_dir / DONE, "failed\n")
-
 # %% ../nbs/08_grid.ipynb #bcd33797
 def execute_run(run: Run, root: str | Path, device: str = "cpu", notebooks: str | Path | None = None,
                 retry_failed: bool = False) -> str:
     "Execute `run` under `root` unless done or locked; returns 'skipped', 'locked', 'done' or 'failed'."
+    import papermill as pm
     run_dir = Path(root) / run.id
     with RunLock(run_dir) as lock:
         if not lock.acquired: return "locked"
@@ -214,8 +217,8 @@ def execute_run(run: Run, root: str | Path, device: str = "cpu", notebooks: str 
                                 parameters={**run.params, "run_dir": str(run_dir), "device": device}, progress_bar=False,
                                 kernel_name="python3", kernel_manager_class=run_kernel_manager(lock.fd))
         except Exception as e:
-            _record_failure(run_dir, e); return "failed"
-        if run_status(run_dir) == "partial": _record_failure(run_dir, "the notebook ended without writing its metrics (finish_run)")
+            record_failure(run_dir, e); return "failed"
+        if run_status(run_dir) == "partial": record_failure(run_dir, "the notebook ended without writing its metrics (finish_run)")
         return run_status(run_dir)
 
 # %% ../nbs/08_grid.ipynb #b5f17708
@@ -223,10 +226,23 @@ def grid_root(spec: dict, root: str | Path | None = None) -> Path:
     "Folder of a grid's runs: `root` or runs_root()/<grid name>."
     return Path(root) if root else runs_root() / spec["name"]
 
-def grid_status(spec: dict | str | Path, root: str | Path | None = None) -> dict[str, str]:
-    "Status of every run of a grid, by run id: done, failed, partial or missing."
+def plan(spec: dict | str | Path, # a grid: its name, a YAML path, or the loaded specification
+         root: str | Path | None = None, # folder of its runs (default runs/<grid>, or runs/rehearsal/<grid>)
+         rehearse: bool = False, # the grid's rehearsal: stand-in models, synthetic data, small sizes
+         sample: int | None = None, # keep a stratified sample of this many runs (see the rehearsal notebook)
+        ) -> tuple[list[Run], Path]:
+    "The runs of a grid (rehearsed, sampled) and the folder they live in: the one plan that run, status and report share."
     spec = spec if isinstance(spec, dict) else load_spec(spec)
-    return {r.id: run_status(grid_root(spec, root) / r.id) for r in expand(spec)}
+    runs = expand(spec)
+    if sample is not None: runs = sample_runs(runs, sample)
+    if rehearse: return rehearse_runs(runs, rehearsal_data_root()), rehearsal_root(spec["name"], root)
+    return runs, grid_root(spec, root)
+
+def grid_status(spec: dict | str | Path, root: str | Path | None = None, rehearse: bool = False,
+                sample: int | None = None) -> dict[str, str]:
+    "Status of every run of a grid's plan, by run id: done, failed, partial or missing."
+    runs, root = plan(spec, root, rehearse, sample)
+    return {r.id: run_status(root / r.id) for r in runs}
 
 # %% ../nbs/08_grid.ipynb #942613d5
 def _device_slots(devices: list[str], jobs: int | None) -> queue.Queue:
@@ -255,33 +271,48 @@ def run_local(runs: list[Run], root: Path, devices: list[str] = ("cpu",), jobs: 
             raise
     return outcomes
 
-# %% ../nbs/08_grid.ipynb #ecc1593f
-def run_slurm(runs: list[Run], root: Path, notebooks: str | Path | None = None, device: str = "cuda",
-              cluster: str | None = None, retry_failed: bool = False, **slurm) -> dict[str, str]:
-    "Submit the runs not yet complete as one submitit job array (one run per task) and wait for it."
-    import submitit
-    todo = [r for r in runs if run_status(root / r.id) not in ("done",) + (() if retry_failed else ("failed",))]
-    if not todo: return {r.id: "skipped" for r in runs}
-    ex = submitit.AutoExecutor(folder=root / ".submitit" / "%j", cluster=cluster)
-    ex.update_parameters(**slurm)
-    n = len(todo)
-    jobs = ex.map_array(execute_run, todo, [root] * n, [device] * n, [notebooks] * n, [retry_failed] * n)
-    outcomes = {r.id: "skipped" for r in runs}
-    outcomes.update({r.id: j.result() for r, j in zip(todo, jobs)})
-    return outcomes
-
 # %% ../nbs/08_grid.ipynb #594adf8d
-def run_grid(spec: dict | str | Path, jobs: int | None = None, devices: list[str] = ("cpu",), executor: str = "local",
-             dry_run: bool = False, root: str | Path | None = None, notebooks: str | Path | None = None,
-             retry_failed: bool = False, progress: bool = True, **slurm) -> dict[str, str]:
-    "Plan, check and execute a grid; with `dry_run` only plan (every run 'planned'). Every check comes before any run."
-    spec = spec if isinstance(spec, dict) else load_spec(spec)
+def _check_options(executor: str, jobs: int | None) -> None:
+    "Refuse an unknown executor or a job count that is not a positive integer."
     if executor not in ("local", "slurm"): raise ValueError(f"executor {executor!r}: use 'local' or 'slurm'")
-    if not (jobs is None or (isinstance(jobs, int) and jobs >= 1)): raise ValueError(f"jobs={jobs!r}: use a positive integer")
-    if not devices or not all(isinstance(d, str) and d for d in devices): raise ValueError(f"devices={devices!r}: name at least one, e.g. ['cpu']")
-    runs, root = expand(spec), grid_root(spec, root)
-    check_params(runs, notebooks); check_names(runs)
+    if not (jobs is None or (isinstance(jobs, int) and not isinstance(jobs, bool) and jobs >= 1)):
+        raise ValueError(f"jobs={jobs!r}: use a positive integer")
+
+def slurm_plan_settings(spec: dict, overrides: dict | None = None, rehearse: bool = False, check: bool = False):
+    "The SLURM settings of each kind of a grid (a function of the kind): the grid's slurm block, then `overrides`."
+    block = dict(spec.get("slurm", {}))
+    if rehearse: block = {k: v for k, v in block.items() if k != "kinds"} | REHEARSAL_SLURM  # CPU, minutes
+    settings = lambda kind: slurm_settings(block, kind, overrides)
+    for kind in KINDS if check else ():  # every kind's settings, checked before anything is submitted
+        settings(kind)
+    return settings
+
+# %% ../nbs/08_grid.ipynb #ee373f6c
+def run_grid(spec: dict | str | Path, # a grid: its name, a YAML path, or the loaded specification
+             jobs: int | None = None, # concurrent runs on this machine (default: one per device)
+             devices: str | list[str] = "auto", # "auto" (every visible GPU, else the CPU), or names
+             executor: str = "local", # "local" or "slurm"
+             dry_run: bool = False, # plan and check names only; every run 'planned'
+             root: str | Path | None = None, notebooks: str | Path | None = None, retry_failed: bool = False,
+             rehearse: bool = False, # rehearse the grid (stand-ins, synthetic data, small sizes)
+             sample: int | None = None, # a stratified sample of this many runs
+             slurm: dict | None = None, # SLURM settings over the grid's slurm block (see the slurm notebook)
+             wait: bool = True, # SLURM: wait for the tasks (False: return once submitted)
+             cluster: str = "slurm", # submitit's cluster ("local": SLURM's path without SLURM, for tests)
+             progress: bool = True) -> dict[str, str]:
+    "Plan, check and execute a grid; every check (names, folder, devices, models, data) comes before any run."
+    spec = spec if isinstance(spec, dict) else load_spec(spec)
+    _check_options(executor, jobs)
+    settings = slurm_plan_settings(spec, slurm, rehearse, check=executor == "slurm")  # refused now if bad
+    runs, root = plan(spec, root, rehearse, sample)
+    check_params(runs, notebooks)
+    check_names(runs)
     if dry_run: return {r.id: "planned" for r in runs}
     check_writable(root)
-    if executor == "local": return run_local(runs, root, list(devices), jobs, notebooks, retry_failed, progress)
-    return run_slurm(runs, root, notebooks, devices[0], retry_failed=retry_failed, **slurm)
+    if rehearse: runs = prepare_rehearsal(runs)[0]  # synthetic copies of the datasets, generated once
+    local = resolve_devices(devices) if executor == "local" else []
+    preflight(runs, local, progress=progress)
+    if executor == "local": return run_local(runs, root, local, jobs, notebooks, retry_failed, progress)
+    device = "auto" if devices == "auto" else resolve_devices(devices)[0]
+    return run_slurm(runs, root, settings, execute_run, notebooks, retry_failed, device, f"vitp-{spec['name']}",
+                     cluster, wait, poll_s=10.0 if cluster == "slurm" else 0.5, progress=progress)

@@ -23,8 +23,9 @@ from torch import nn
 from .components import check_vit
 
 # %% auto #0
-__all__ = ['PRESETS', 'PAPER_LN_EPS', 'TINY_VIT_FILE', 'resolve_name', 'set_ln_eps', 'WeightsFileError',
-           'WeightsUnavailableError', 'weight_shapes', 'tiny_recipe', 'load_vit', 'checkpoint_stats']
+__all__ = ['PRESETS', 'PAPER_LN_EPS', 'STANDIN_PREFIX', 'TINY_VIT_FILE', 'STANDIN_DEPTH', 'STANDIN_HEAD_DIM', 'resolve_name',
+           'set_ln_eps', 'WeightsFileError', 'WeightsUnavailableError', 'weight_shapes', 'reachable', 'tiny_recipe',
+           'load_vit', 'check_weights', 'fetch_weights', 'standin_vit', 'checkpoint_stats']
 
 # %% ../nbs/04_models.ipynb #d9c0fad7
 PRESETS = {"vit-b16": "vit_base_patch16_224.orig_in21k",  # the paper's main model
@@ -32,11 +33,13 @@ PRESETS = {"vit-b16": "vit_base_patch16_224.orig_in21k",  # the paper's main mod
            "vit-h14": "vit_huge_patch14_224.orig_in21k",   # model-size ablation
            "tiny-fmnist": "vit_tiny_patch16_224"}          # the offline benchmark's source model; sized by its recipe
 PAPER_LN_EPS = 1e-12  # LayerNorm eps of the paper's (Hugging Face) port; timm's ViTs use 1e-6
+STANDIN_PREFIX = "rehearse:"  # "rehearse:vit-b16": a random tiny stand-in of vit-b16 (section "Stand-ins")
 
 # %% ../nbs/04_models.ipynb #fdc2d0c6
-def resolve_name(name: str, # a preset (`PRESETS`) or a timm model name, optionally with a `.tag`
+def resolve_name(name: str, # a preset (`PRESETS`), a timm model name (optionally with a `.tag`), or a stand-in
                 ) -> str:   # the timm model name
     "The timm name behind `name`; warns on timm's deprecated aliases, `ValueError` listing the presets if unknown."
+    if name.startswith(STANDIN_PREFIX): return resolve_name(name.removeprefix(STANDIN_PREFIX))
     if name in PRESETS: return PRESETS[name]
     new = getattr(timm.models._registry, "_deprecated_models", {}).get(name)
     if new:
@@ -114,7 +117,7 @@ def _hub_cached(cfg, cache_dir: str | Path | None) -> str | None:
     return None
 
 # %% ../nbs/04_models.ipynb #4b7e4b4d
-def _reachable(url: str, timeout: float = 3.0) -> bool:
+def reachable(url: str, timeout: float = 3.0) -> bool:
     "Whether `url`'s host accepts a connection within `timeout` seconds (False when `HF_HUB_OFFLINE` is set)."
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"): return False
     u = urlparse(url)
@@ -139,7 +142,7 @@ def _hub_overlay(name: str, timm_name: str, cfg, cache_dir: str | Path | None) -
     if not (cfg.hf_hub_id or cfg.url): raise _unavailable(name, timm_name, cfg, cache_dir, "timm publishes no weights for it")
     from huggingface_hub import constants
     url = constants.ENDPOINT if cfg.hf_hub_id else cfg.url
-    if not _reachable(url):
+    if not reachable(url):
         raise _unavailable(name, timm_name, cfg, cache_dir, f"not in the cache, and {urlparse(url).hostname} is unreachable (offline)")
     return {}
 
@@ -178,7 +181,7 @@ def _create(name: str, timm_name: str, overlay: dict | None, cache_dir, **kwargs
         raise
 
 # %% ../nbs/04_models.ipynb #6551bd1f
-def load_vit(name: str,                     # preset ("vit-b16", "vit-l16", "vit-h14", "tiny-fmnist") or timm model name
+def load_vit(name: str,                     # preset ("vit-b16", "vit-l16", "vit-h14", "tiny-fmnist"), timm name or stand-in
              pretrained: bool = True,        # load weights (published ones unless `weights` is given); False: random init
              weights: str | Path | None = None, # local weights file (.safetensors, .pth, .bin); implies pretrained
              num_classes: int | None = None, # classes of the head (a new head if it differs); None: the checkpoint's
@@ -187,6 +190,7 @@ def load_vit(name: str,                     # preset ("vit-b16", "vit-l16", "vit
              **kwargs,                       # more `timm.create_model` arguments (img_size, drop_path_rate, ...)
             ) -> VisionTransformer:
     "A ViT by preset or timm name, with published or local weights, the paper's LayerNorm eps and a `num_classes` head."
+    if name.startswith(STANDIN_PREFIX): return standin_vit(name, num_classes, ln_eps)  # a rehearsal's stand-in
     timm_name, eps = resolve_name(name), _ln_eps(ln_eps)
     base, kw = _base_overlay(name, weights)
     cfg, overlay = get_pretrained_cfg(timm_name) or PretrainedCfg(architecture=timm_name, tag=""), None
@@ -195,6 +199,62 @@ def load_vit(name: str,                     # preset ("vit-b16", "vit-l16", "vit
         overlay = {**(_file_overlay(local, cfg) if local else _hub_overlay(name, timm_name, cfg, cache_dir)), **base}
     kw = {**kw, **kwargs} | ({} if num_classes is None else dict(num_classes=num_classes))
     model = check_vit(_create(name, timm_name, overlay, cache_dir, **kw))
+    return model if eps is None else set_ln_eps(model, eps)
+
+# %% ../nbs/04_models.ipynb #9f8d582e
+def check_weights(name: str, # a preset, a timm name or a stand-in
+                  cache_dir: str | Path | None = None, # Hugging Face cache (default $HF_HOME/hub)
+                 ) -> str: # "stand-in", "shipped", "cached" or "download"
+    "Where `load_vit(name)` will find weights; `WeightsUnavailableError` (as `load_vit` raises it) if nowhere."
+    if name.startswith(STANDIN_PREFIX):
+        resolve_name(name)
+        return "stand-in"
+    if name == "tiny-fmnist":
+        tiny_recipe()
+        return "shipped"
+    timm_name = resolve_name(name)
+    cfg = get_pretrained_cfg(timm_name) or PretrainedCfg(architecture=timm_name, tag="")
+    return "cached" if "file" in _hub_overlay(name, timm_name, cfg, cache_dir) else "download"
+
+# %% ../nbs/04_models.ipynb #239f705e
+def fetch_weights(name: str, cache_dir: str | Path | None = None) -> str:
+    "Download the published weights of `name` into the Hugging Face cache unless there; returns `check_weights`."
+    where = check_weights(name, cache_dir)
+    if where == "download":
+        from huggingface_hub import hf_hub_download
+        repo, _, rev = get_pretrained_cfg(resolve_name(name)).hf_hub_id.partition("@")
+        hf_hub_download(repo, "model.safetensors", revision=rev or None, cache_dir=cache_dir)
+    return where
+
+# %% ../nbs/04_models.ipynb #85becf19
+STANDIN_DEPTH, STANDIN_HEAD_DIM = 2, 4  # blocks and features per head of a stand-in
+
+def _architecture(name: str) -> dict:
+    "Class-defining sizes of `name` (patch, image size, channels, heads), read from a meta-device model: no memory."
+    if name == "tiny-fmnist":
+        a = tiny_recipe()["architecture"]
+        return dict(patch_size=a["patch_size"], img_size=a["img_size"], in_chans=a["in_chans"], num_heads=a["num_heads"])
+    with torch.device("meta"):
+        m = timm.create_model(resolve_name(name), pretrained=False)
+    pe = check_vit(m).patch_embed
+    return dict(patch_size=pe.patch_size[0], img_size=pe.img_size[0], in_chans=pe.proj.in_channels,
+                num_heads=m.blocks[0].attn.num_heads)
+
+# %% ../nbs/04_models.ipynb #c1f7c8d7
+def standin_vit(name: str,                     # the model it stands in for: a preset or a timm name
+                num_classes: int | None = None, # classes of the head (None: the preset's, e.g. none for in21k)
+                ln_eps: str | float = "paper",  # as in `load_vit`
+                seed: int = 0,                  # seed of the random initialisation (the global RNG is untouched)
+               ) -> VisionTransformer:
+    "A random tiny model of `name`'s timm class, patch size, input size and heads, for rehearsals."
+    name = name.removeprefix(STANDIN_PREFIX)
+    arch = _architecture(name)
+    kw = dict(depth=STANDIN_DEPTH, embed_dim=arch["num_heads"] * STANDIN_HEAD_DIM, **arch)
+    kw |= {} if num_classes is None else dict(num_classes=num_classes)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = check_vit(timm.create_model(resolve_name(name), pretrained=False, **kw))
+    eps = _ln_eps(ln_eps)
     return model if eps is None else set_ln_eps(model, eps)
 
 # %% ../nbs/04_models.ipynb #cfa873f0

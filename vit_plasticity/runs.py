@@ -8,14 +8,16 @@ import json, os, platform, shutil, subprocess, sys, tempfile
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pandas as pd
 import vit_plasticity
 from .files import atomic_write  # temporary file, flush, rename (files notebook)
+if TYPE_CHECKING: import pandas as pd  # a type only: `vitp grid status` never imports pandas
 
 # %% auto #0
 __all__ = ['DONE', 'runs_root', 'RunsDirError', 'check_writable', 'atomic_write_text', 'atomic_write_json', 'git_commit',
-           'env_info', 'start_run', 'finish_run', 'run_status', 'clear_run', 'read_run']
+           'compute_info', 'env_info', 'start_run', 'finish_run', 'run_status', 'record_failure', 'clear_run',
+           'read_run']
 
 # %% ../nbs/07_runs.ipynb #3cc4d0be
 def runs_root() -> Path:
@@ -62,13 +64,28 @@ def git_commit(path: str | Path | None = None) -> str | None:
     return sha + ("+dirty" if dirty else "")
 
 # %% ../nbs/07_runs.ipynb #c74188d4
+_THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+_SLURM_VARS = ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_JOB_PARTITION", "SLURMD_NODENAME")
+
+def compute_info(device: str = "cpu") -> dict:
+    "Torch threads, CUDA and cuDNN versions and the GPU's name: what a result's bits depend on besides the code."
+    import torch  # only here: the launcher and `vitp grid status` never import torch
+    dev = torch.device(device)
+    gpu = torch.cuda.get_device_name(dev) if dev.type == "cuda" and torch.cuda.is_available() else None
+    cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+    return dict(torch_threads=torch.get_num_threads(), torch_interop_threads=torch.get_num_interop_threads(),
+                thread_env={k: os.environ.get(k) for k in _THREAD_VARS}, cuda=torch.version.cuda,
+                cudnn=cudnn, gpu=gpu, cpu_count=os.cpu_count())
+
 def env_info(device: str = "cpu") -> dict:
-    "Package versions, git commit, device, host and Python of this process."
+    "Package versions, git commit, device, threads, CUDA/cuDNN/GPU, host, SLURM job and Python of this process."
     def version(p):
         try: return metadata.version(p)
         except metadata.PackageNotFoundError: return None
+    slurm = {k: os.environ[k] for k in _SLURM_VARS if k in os.environ}
     return dict(packages={p: version(p) for p in _PACKAGES}, git_commit=git_commit(), device=str(device),
-                python=sys.version.split()[0], platform=platform.platform(), host=platform.node(),
+                **compute_info(device), slurm=slurm or None, python=sys.version.split()[0],
+                platform=platform.platform(), host=platform.node(),
                 started=datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
 # %% ../nbs/07_runs.ipynb #684e1925
@@ -101,6 +118,22 @@ def run_status(run_dir: str | Path) -> str:
     except (OSError, ValueError): return "partial"  # no metrics, or unreadable ones: not done
     if not isinstance(metrics, dict): return "partial"
     return "failed" if metrics.get("status") == "failed" else "done"
+
+# %% ../nbs/07_runs.ipynb #96fffcc2
+def _error_text(err: BaseException | str) -> str:
+    "One line naming an error: a notebook's exception (papermill's `ename: evalue`), a SLURM kill, or a message."
+    if isinstance(err, str): return err
+    name, text = getattr(err, "ename", type(err).__name__), str(getattr(err, "evalue", "") or err) or "(no message)"
+    if name == "UncompletedJobError" and "timed-out" in text:  # submitit's signal handler, at the time limit
+        return (f"SLURM TIMEOUT: the task reached its time limit ({text}); "
+                "raise `time` in the grid's slurm block, or --time")
+    return f"{name}: {text}"
+
+def record_failure(run_dir: str | Path, err: BaseException | str) -> None:
+    "Mark a run as failed with its error, keeping whatever it wrote (the executed notebook included)."
+    run_dir = Path(run_dir)
+    atomic_write_json(run_dir / "metrics.json", dict(status="failed", error=_error_text(err), notebook="notebook.ipynb"))
+    atomic_write_text(run_dir / DONE, "failed\n")
 
 # %% ../nbs/07_runs.ipynb #34ab1253
 def clear_run(run_dir: str | Path) -> Path:
