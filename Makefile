@@ -8,7 +8,7 @@ NB_WORKERS ?= 2
 # thread contention than they gain from threads.
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: install data sync-check nbtest pytest test demo readme clean-venv
+.PHONY: install data sync-check nbtest pytest test demo rehearse readme clean-venv
 
 install: $(VENV)/.installed
 
@@ -43,3 +43,11 @@ readme: install
 
 clean-venv:
 	rm -rf $(VENV)
+
+# The paper's three grids rehearsed whole on this machine (stand-in models, synthetic data, small sizes), then
+# reported: everything the real grids exercise, in runs/rehearsal/, on a CPU.
+rehearse: install data
+	@status=0; for g in paper ablation-adamw ablation-size; do \
+	  $(BIN)/vitp grid run $$g --rehearse --jobs $(NB_WORKERS) || status=1; \
+	  $(BIN)/vitp report $$g --rehearse || status=1; \
+	done; exit $$status

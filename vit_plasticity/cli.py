@@ -120,7 +120,7 @@ def _slurm_overrides(args) -> dict:
 
 def _run(args, spec: dict, argv: list[str]) -> int:
     "`vitp grid run`: the plan (and sbatch settings) with --dry-run, else execute it; 1 if a run failed."
-    from vit_plasticity.grid import plan, run_grid
+    from vit_plasticity.grid import grid_status, plan, run_grid
     kw = dict(root=args.root, rehearse=args.rehearse, sample=args.sample)
     if args.dry_run:
         run_grid(spec, dry_run=True, **kw)
@@ -131,8 +131,10 @@ def _run(args, spec: dict, argv: list[str]) -> int:
     out = run_grid(spec, jobs=args.jobs, devices=args.devices, executor=args.executor,
                    retry_failed=args.retry_failed, slurm=_slurm_overrides(args), wait=not args.no_wait, **kw)
     print(status_table(out))
-    if any(v == "failed" for v in out.values()): print(retry_hint(out, args, argv), file=sys.stderr)
-    return int(any(v == "failed" for v in out.values()))
+    if args.no_wait and args.executor == "slurm": return 0
+    final = grid_status(spec, **kw)  # runs skipped now may have failed before: they count too
+    if any(v == "failed" for v in final.values()): print(retry_hint(final, args, argv), file=sys.stderr)
+    return int(any(v != "done" for v in final.values()))
 
 # %% ../nbs/10_cli.ipynb #6f6e2b4e
 def main(argv: list[str] | None = None) -> int:
