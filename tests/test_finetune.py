@@ -12,7 +12,9 @@ from fastai.data.load import DataLoader
 from torch.utils.data import TensorDataset
 
 from vit_plasticity.components import COMPONENTS, component_of
-from vit_plasticity.finetune import evaluate, finetune, run_history, selective_learner, warmup_cosine
+from vit_plasticity.finetune import (evaluate, finetune, reset_head, run_history, selective_learner,
+                                     warmup_cosine)
+from vit_plasticity.models import load_vit
 
 
 def tiny_vit():
@@ -77,23 +79,56 @@ def test_only_chosen_layers_change():
     torch.manual_seed(0)
     model = tiny_vit()
     before = copy.deepcopy(model.state_dict())
-    fit(selective_learner(model, tiny_dls(), "FC2", lr=0.1, n_steps=2, warmup_steps=1, layers=[1], train_head=False))
+    fit(selective_learner(model, tiny_dls(), "FC2", lr=0.1, n_steps=2, warmup_steps=1, eval_period=2,
+                          layers=[1], train_head=False))
     changed = {n for n, p in model.state_dict().items() if not torch.equal(p, before[n])}
     assert changed == {"blocks.1.mlp.fc2.weight", "blocks.1.mlp.fc2.bias"}
 
 
-@pytest.mark.parametrize("n_steps,eval_period,grad_accum", [(7, 3, 1), (5, 10, 1), (6, 3, 1), (7, 3, 2), (11, 4, 3), (1, 1, 1)])
-def test_n_steps_exact(n_steps, eval_period, grad_accum):
+@pytest.mark.parametrize("final_eval", [False, True])
+@pytest.mark.parametrize("n_steps,eval_period,grad_accum",
+                         [(7, 3, 1), (6, 3, 1), (7, 3, 2), (11, 4, 3), (1, 1, 1), (9, 9, 2)])
+def test_n_steps_exact(n_steps, eval_period, grad_accum, final_eval):
     "5 training batches per pass: runs are neither whole passes nor whole validation periods."
     dls = tiny_dls()
     counting = CountingLoader(dls.train)
     learn = selective_learner(tiny_vit(), DataLoaders(counting, dls.valid), "LN1", lr=0.01, n_steps=n_steps,
-                              warmup_steps=1, eval_period=eval_period, grad_accum=grad_accum)
+                              warmup_steps=1, eval_period=eval_period, grad_accum=grad_accum,
+                              final_eval=final_eval)
     hist = fit(learn)
     assert learn.opt_step == n_steps and hist.step.tolist() == list(range(1, n_steps + 1))
     assert counting.drawn == n_steps * grad_accum  # micro-batches drawn, none wasted
-    evals = list(range(eval_period, n_steps + 1, eval_period))
-    assert hist.dropna(subset="valid_acc").step.tolist() == evals + ([n_steps] if n_steps % eval_period else [])
+    evals = [t for t in range(1, n_steps + 1) if t % eval_period == 0 or (final_eval and t == n_steps)]
+    assert hist.dropna(subset="valid_acc").step.tolist() == evals
+
+
+def test_a_run_that_is_never_validated_is_refused():
+    "eval_period > n_steps: no step is divisible by eval_period, so nothing would be validated or selected."
+    with pytest.raises(ValueError, match=r"eval_period=10 > n_steps=5"):
+        selective_learner(tiny_vit(), tiny_dls(), "LN1", n_steps=5, eval_period=10)
+    with pytest.raises(ValueError, match=r"eval_period=10 > n_steps=5"):
+        finetune(tiny_vit(), tiny_dls(), TEST_DL, "LN1", n_steps=5, eval_period=10)
+    learn = selective_learner(tiny_vit(), tiny_dls(), "LN1", n_steps=5, eval_period=10, warmup_steps=1,
+                              final_eval=True)
+    hist = fit(learn)
+    assert hist.dropna(subset="valid_acc").step.tolist() == [5]
+
+
+def test_validation_is_not_cancelled_outside_fit():
+    "After a run that ended between validations, learn.validate() still validates."
+    learn = selective_learner(tiny_vit(), tiny_dls(), "LN1", n_steps=5, eval_period=3, warmup_steps=1)
+    fit(learn)
+    assert learn.opt_step == 5 and learn.validate()[1] is not None
+
+
+def test_best_checkpoint_comes_from_a_validated_step():
+    "The steps after the last multiple of eval_period are not validated, so they cannot be selected."
+    torch.manual_seed(0)
+    model = tiny_vit()
+    m, h = finetune(model, tiny_dls(), TEST_DL, "full", lr=0.05, n_steps=7, warmup_steps=1, eval_period=3,
+                    seed=0)
+    assert m["best_step"] in (3, 6) and h.dropna(subset="valid_acc").step.tolist() == [3, 6]
+    assert m["test_acc"] == evaluate(model, TEST_DL)[1]
 
 
 def test_lr_trace_and_momentum_every_step():
@@ -117,7 +152,7 @@ def test_lr_trace_and_momentum_every_step():
 
 def test_warmup_clamp_warns():
     with pytest.warns(UserWarning, match="does not fit a run of 10"):
-        selective_learner(tiny_vit(), tiny_dls(), "MHA", n_steps=10, warmup_steps=2000)
+        selective_learner(tiny_vit(), tiny_dls(), "MHA", n_steps=10, warmup_steps=2000, eval_period=10)
 
 
 @pytest.mark.parametrize("clip", [0.01, None])
@@ -126,7 +161,8 @@ def test_clipping_actually_clips(clip):
     model = tiny_vit()
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     n_steps, warm = 3, 1  # step 1 ends the warm-up: η₁ = peak
-    learn = selective_learner(model, tiny_dls(), "full", lr=0.5, n_steps=n_steps, warmup_steps=warm, clip=clip)
+    learn = selective_learner(model, tiny_dls(), "full", lr=0.5, n_steps=n_steps, warmup_steps=warm,
+                              eval_period=3, clip=clip)
     learn.add_cb(StopAfterFirstStepCB())
     hist = fit(learn)
     assert len(hist) == 1
@@ -141,7 +177,7 @@ def test_grad_norm_matches_a_copy_on_the_same_batch():
     model = tiny_vit()
     ref = copy.deepcopy(model)
     dls = tiny_dls(shuffle=False)
-    hist = fit(selective_learner(model, dls, "LN2", lr=0.1, n_steps=1, warmup_steps=0))
+    hist = fit(selective_learner(model, dls, "LN2", lr=0.1, n_steps=1, warmup_steps=0, eval_period=1))
     xb, yb = next(iter(dls.train))
     torch.nn.functional.cross_entropy(ref(xb), yb).backward()
     grads = [p.grad for n, p in ref.named_parameters() if component_of(n)[0] in ("LN2", "head")]
@@ -192,7 +228,8 @@ def test_divergence_is_recorded(clip):
 
 
 def test_adamw_hyperparameters():
-    learn = selective_learner(tiny_vit(), tiny_dls(), "FC2", lr=1e-3, n_steps=2, opt="adamw", warmup_steps=1)
+    learn = selective_learner(tiny_vit(), tiny_dls(), "FC2", lr=1e-3, n_steps=2, opt="adamw", warmup_steps=1,
+                              eval_period=2)
     hist = fit(learn)
     group = learn.opt.opt.param_groups[0]
     assert type(learn.opt.opt).__name__ == "AdamW" and group["betas"] == (0.9, 0.999) and group["weight_decay"] == 0.0
@@ -203,3 +240,37 @@ def test_mixed_precision_needs_a_gpu():
     if torch.cuda.is_available(): pytest.skip("a GPU is present")
     with pytest.raises(ValueError, match="needs a CUDA GPU"):
         selective_learner(tiny_vit(), tiny_dls(), "MHA", mixed_precision="bf16")
+
+
+def test_reset_head_is_seeded_and_leaves_the_global_generator_alone():
+    models = [tiny_vit() for _ in range(3)]  # building models draws from the global RNG; resets must not
+    state = torch.get_rng_state()
+    heads = [reset_head(m, 7, seed=s).head for m, s in zip(models, (0, 0, 1))]
+    assert torch.equal(torch.get_rng_state(), state)
+    assert torch.equal(heads[0].weight, heads[1].weight) and torch.equal(heads[0].bias, heads[1].bias)
+    assert not torch.equal(heads[0].weight, heads[2].weight)
+    torch.manual_seed(1)
+    ref = torch.nn.Linear(192, 7)  # PyTorch's default init, from seed 1: an independent draw of the same head
+    assert torch.equal(heads[2].weight, ref.weight) and torch.equal(heads[2].bias, ref.bias)
+
+
+def test_the_pretrained_head_is_gone():
+    "The tiny ViT's checkpoint has a 10-class Fashion-MNIST head: 10 classes asked still give a new one."
+    pretrained = load_vit("tiny-fmnist", num_classes=10)
+    old = {k: v.clone() for k, v in pretrained.head.state_dict().items()}
+    model = reset_head(pretrained, 10, seed=0)
+    assert model.head.weight.shape == old["weight"].shape and model.num_classes == 10
+    assert not torch.equal(model.head.weight, old["weight"]) and not torch.equal(model.head.bias, old["bias"])
+    torch.manual_seed(0)
+    assert torch.equal(model.head.weight, torch.nn.Linear(model.embed_dim, 10).weight)
+
+
+@pytest.mark.parametrize("new_head", [True, False])
+def test_finetune_makes_a_new_head_unless_asked_not_to(new_head):
+    "With lr 0 nothing trains: the head left in the model is the one finetune started from."
+    model = tiny_vit()
+    loaded = model.head.weight.detach().clone()
+    finetune(model, tiny_dls(), TEST_DL, "MHA", lr=0.0, n_steps=2, warmup_steps=1, eval_period=2, seed=3,
+             new_head=new_head)
+    expected = reset_head(tiny_vit(), 4, seed=3).head.weight if new_head else loaded
+    assert torch.equal(model.head.weight, expected)

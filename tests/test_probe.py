@@ -8,7 +8,9 @@ from fastai.data.load import DataLoader as FastaiDataLoader
 from torch.utils.data import DataLoader, TensorDataset
 
 from vit_plasticity.components import embed
-from vit_plasticity.probe import extract_features, layer_features, layerwise_probe, linear_probe, pool_normalise
+from vit_plasticity.data import Split
+from vit_plasticity.probe import (extract_features, layer_features, layerwise_probe, linear_probe,
+                                  pool_normalise, probe_train_split)
 
 
 def tiny_vit(**kwargs):
@@ -88,3 +90,32 @@ def test_probe_separates_and_reports():
 def test_unknown_representation():
     with pytest.raises(ValueError, match="valid: residual"):
         extract_features(tiny_vit(), DataLoader(tiny_task(4), batch_size=4), "attention")
+
+
+def test_training_features_come_through_the_split_transform_asked_for():
+    "'augmented' reads the train split through its own (training) transform, 'clean' through the eval one."
+    torch.manual_seed(0)
+    model, ds = tiny_vit().eval(), tiny_task(20)
+    flip = lambda x: x.flip(-1)  # a deterministic stand-in for the training transform
+    train = Split(ds, range(20), flip)
+    feats = lambda split: extract_features(model, DataLoader(split, batch_size=8))[0]
+    images = ds.tensors[0]
+    expected = lambda x: pool_normalise(by_hand(model, x)[1]["residual"]).numpy()  # the last block by hand
+    np.testing.assert_allclose(feats(probe_train_split(train, None)), expected(images.flip(-1)), atol=1e-5)
+    np.testing.assert_allclose(feats(probe_train_split(train, None, "clean")), expected(images), atol=1e-5)
+
+
+def test_augmented_features_are_seeded_random_views():
+    torch.manual_seed(0)
+    model, ds = tiny_vit().eval(), tiny_task(16)
+    train = Split(ds, range(16), lambda x: x + torch.randn_like(x))  # random, from torch's global generator
+    def feats(seed):
+        torch.manual_seed(seed)
+        return extract_features(model, DataLoader(train, batch_size=8))[0]
+    np.testing.assert_array_equal(feats(1), feats(1))
+    assert np.abs(feats(1) - feats(2)).max() > 1e-3
+
+
+def test_unknown_train_features():
+    with pytest.raises(ValueError, match="valid: augmented, clean"):
+        probe_train_split(Split(tiny_task(4), range(4)), None, "eval")

@@ -15,7 +15,7 @@ from functools import partial
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from fastai.callback.core import Callback, CancelBatchException, CancelFitException
+from fastai.callback.core import Callback, CancelBatchException, CancelFitException, CancelValidException
 from fastai.callback.fp16 import MixedPrecision
 from fastai.data.core import DataLoaders
 from fastai.learner import Learner
@@ -25,12 +25,12 @@ from fastai.torch_core import find_bs, set_seed, trainable_params
 from fastcore.basics import GetAttr, store_attr
 from torch import nn
 
-from .components import set_trainable
+from .components import check_vit, set_trainable
 
 # %% auto #0
 __all__ = ['opt_func', 'warmup_cosine', 'clamp_warmup', 'StepLoader', 'StepBudgetCB', 'WarmupCosineCB', 'StepLogCB', 'EvalCB',
-           'load_params', 'DivergenceCB', 'ThroughputCB', 'selective_learner', 'run_history', 'evaluate', 'seed_run',
-           'finetune']
+           'load_params', 'DivergenceCB', 'ThroughputCB', 'selective_learner', 'run_history', 'reset_head', 'evaluate',
+           'seed_run', 'finetune']
 
 # %% ../nbs/05_finetune.ipynb #8ef2cab0
 def opt_func(opt: str = "sgd", # "sgd" (momentum 0.9, the paper's) or "adamw" (betas 0.9/0.999, the ablation's)
@@ -74,15 +74,21 @@ class StepLoader(GetAttr):
 
 # %% ../nbs/05_finetune.ipynb #a4238722
 class StepBudgetCB(Callback):
-    "Serve `eval_period` optimiser steps of `grad_accum` micro-batches per fastai epoch, stop at exactly `n_steps`."
+    "Serve `eval_period` steps of `grad_accum` micro-batches per fastai epoch; stop at exactly `n_steps`."
     order = MixedPrecision.order - 4  # before mixed precision and clipping (fastai's GradientAccumulation's place)
-    def __init__(self, n_steps: int, eval_period: int, grad_accum: int = 1): store_attr()
+    def __init__(self, n_steps: int, eval_period: int, grad_accum: int = 1, final_eval: bool = False):
+        store_attr()
+        self.fitting = False
     @property
     def n_epoch(self) -> int: return math.ceil(self.n_steps / self.eval_period)  # the epochs to pass to `fit`
-    def before_fit(self): self.learn.opt_step = 0  # optimiser steps done
+    def before_fit(self): self.learn.opt_step, self.fitting = 0, True  # optimiser steps done
+    def after_fit(self): self.fitting = False
     def before_epoch(self):
         if self.opt_step >= self.n_steps: raise CancelFitException()
     def before_train(self): self.dls.train.n = min(self.eval_period, self.n_steps - self.opt_step) * self.grad_accum
+    def before_validate(self):  # in a fit: at multiples of eval_period only (and at the end if final_eval)
+        if self.fitting and self.opt_step % self.eval_period and not self.final_eval:
+            raise CancelValidException()
     def after_loss(self):
         if self.training: self.learn.loss_grad = self.loss_grad / self.grad_accum
     def before_step(self):
@@ -175,14 +181,15 @@ def _amp_cbs(mixed_precision: bool | str) -> list[Callback]:
     return [MixedPrecision(mode)]
 
 # %% ../nbs/05_finetune.ipynb #883a1615
-def selective_learner(model: nn.Module, # a timm ViT (see `check_vit`), with its new head
+def selective_learner(model: nn.Module, # a timm ViT (see `check_vit`), its head sized to the task
                       dls: DataLoaders, # training and validation loaders (`dls.train`, `dls.valid`)
                       train: str | Iterable[str] = "full", # "full", "emb", "LN1", "MHA", "LN2", "FC1", "FC2" or a list
                       lr: float = 1e-2, # peak learning rate
                       n_steps: int = 10_000, # optimiser steps
                       warmup_steps: int = 2_000, # linear warm-up (clamped to half the run if it does not fit)
                       opt: str = "sgd", # "sgd" (momentum 0.9) or "adamw" (betas 0.9/0.999)
-                      eval_period: int = 500, # validate every this many optimiser steps (and at the last)
+                      eval_period: int = 500, # validate at the optimiser steps divisible by this
+                      final_eval: bool = False, # also validate at the last step if it is not one of those
                       clip: float | None = 1.0, # maximum total gradient norm (None: no clipping)
                       grad_accum: int = 1, # micro-batches per optimiser step
                       mixed_precision: bool | str = False, # False (fp32), True/"fp16" or "bf16" (GPU only)
@@ -193,11 +200,14 @@ def selective_learner(model: nn.Module, # a timm ViT (see `check_vit`), with its
                      ) -> Learner:
     "A plain fastai `Learner` that trains exactly configuration `train` of `model` with the paper's optimisation."
     if min(n_steps, eval_period, grad_accum) < 1: raise ValueError("n_steps, eval_period and grad_accum must be >= 1")
+    if eval_period > n_steps and not final_eval:
+        raise ValueError(f"eval_period={eval_period} > n_steps={n_steps}: the run would never be validated; "
+                         "lower eval_period to at most n_steps or pass final_eval=True")
     set_trainable(model, train, layers, train_head)
     step_dls = DataLoaders(StepLoader(dls.train), dls.valid, path=getattr(dls, "path", "."))
     schedule = WarmupCosineCB(lr, n_steps, clamp_warmup(warmup_steps, n_steps))
-    cbs = [StepBudgetCB(n_steps, eval_period, grad_accum), schedule, StepLogCB(clip), EvalCB(), DivergenceCB(),
-           ThroughputCB(), *_amp_cbs(mixed_precision), *(cbs or [])]
+    cbs = [StepBudgetCB(n_steps, eval_period, grad_accum, final_eval), schedule, StepLogCB(clip), EvalCB(),
+           DivergenceCB(), ThroughputCB(), *_amp_cbs(mixed_precision), *(cbs or [])]
     return Learner(step_dls, model, loss_func=nn.CrossEntropyLoss(), opt_func=opt_func(opt, wd), lr=lr,
                    splitter=trainable_params, wd=wd, train_bn=False, metrics=accuracy, cbs=cbs)
 
@@ -207,6 +217,22 @@ def run_history(learn: Learner) -> pd.DataFrame:
     steps = pd.DataFrame(learn.step_log_cb.rows, columns=["step", "lr", "mom", "grad_norm", "train_loss"])
     evals = pd.DataFrame(learn.eval_cb.rows, columns=["step", "valid_loss", "valid_acc"])
     return steps.merge(evals, on="step", how="outer").sort_values("step", ignore_index=True)
+
+# %% ../nbs/05_finetune.ipynb #8d7b1337
+def reset_head(model: nn.Module, # a timm ViT; its `head` is replaced
+               n_classes: int, # outputs of the new head
+               seed: int | None = None, # seed of its initialisation (None: the global generator's state)
+              ) -> nn.Module: # `model`, holding the new head on the device and in the dtype of its parameters
+    "Replace the classifier by a new `nn.Linear(d, n_classes)` with PyTorch's default init, on a forked RNG."
+    vit = check_vit(model)
+    if not (isinstance(n_classes, int) and n_classes >= 1):
+        raise ValueError(f"n_classes must be a positive integer, got {n_classes!r}")
+    with torch.random.fork_rng(devices=[]):
+        if seed is not None: torch.manual_seed(seed)
+        head = nn.Linear(vit.embed_dim, n_classes)
+    ref = next(vit.parameters())
+    vit.head, vit.num_classes = head.to(ref.device, ref.dtype), n_classes
+    return vit
 
 # %% ../nbs/05_finetune.ipynb #a57ddb3f
 @torch.inference_mode()
@@ -240,20 +266,23 @@ def seed_run(seed: int, dl: Iterable | None = None) -> None:
     if isinstance(getattr(dl, "rng", None), random.Random): dl.rng = random.Random(seed)
 
 # %% ../nbs/05_finetune.ipynb #707fb96a
-def finetune(model: nn.Module, # a timm ViT with its new head; left holding the best-validation parameters
+def finetune(model: nn.Module, # a timm ViT, head sized to the task; left holding the best parameters
              dls: DataLoaders, # training and validation loaders
              test_dl: Iterable, # test loader, used once, on the best checkpoint
              train: str | Iterable[str] = "full", # configuration (see `selective_learner`)
              lr: float = 1e-2, # peak learning rate
              n_steps: int = 10_000, # optimiser steps
-             seed: int | None = None, # if given, seed Python, NumPy, PyTorch and the training loader's shuffling first
+             seed: int | None = None, # if given: seeds the new head, Python, NumPy, torch, the shuffling
+             new_head: bool = True, # a new head, as many classes (`reset_head`, the paper's); False: keep it
+             final_eval: bool = False, # also validate at the last step if not a multiple of `eval_period`
              verbose: bool = False, # show fastai's progress bar and per-validation table
-             **kwargs, # passed to `selective_learner`: warmup_steps, opt, eval_period, clip, grad_accum, mixed_precision...
+             **kwargs, # passed to `selective_learner`: warmup_steps, opt, eval_period, clip, grad_accum, ...
             ) -> tuple[dict, pd.DataFrame]:
-    "Finetune configuration `train` for `n_steps` steps; return the metrics (best checkpoint tested once) and the history."
+    "Finetune configuration `train` for `n_steps` steps: metrics (best checkpoint tested once), history."
     start = time.perf_counter()
+    if new_head: reset_head(model, model.num_classes, seed)
     if seed is not None: seed_run(seed, dls.train)
-    learn = selective_learner(model, dls, train, lr, n_steps, **kwargs)
+    learn = selective_learner(model, dls, train, lr, n_steps, final_eval=final_eval, **kwargs)
     if not verbose and hasattr(learn, "progress"): learn.remove_cb(learn.progress)
     with nullcontext() if verbose else learn.no_logging(): learn.fit(learn.step_budget_cb.n_epoch)
     metrics = dict(train=train, lr=lr, n_steps=n_steps, **_metrics(learn, test_dl))

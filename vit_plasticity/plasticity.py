@@ -22,11 +22,11 @@ from torch import nn
 from .components import block_components, check_vit, embed
 
 # %% auto #0
-__all__ = ['THEORETICAL_RANK', 'COMPONENT_COLORS', 'PROTOCOLS', 'check_images', 'measure_plasticity', 'layer_summary',
+__all__ = ['THEORETICAL_RANK', 'COMPONENT_COLORS', 'PROTOCOLS', 'PAIRINGS', 'check_images', 'measure_plasticity', 'layer_summary',
            'component_summary', 'plot_plasticity_boxplot', 'plot_plasticity_depth']
 
 # %% ../nbs/01_plasticity.ipynb #d0b1253b
-THEORETICAL_RANK = {"MHA": 1, "FC1": 2, "FC2": 3, "LN2": 4, "LN1": 5}  # paper.md §2: 1 = most plastic
+THEORETICAL_RANK = {"MHA": 1, "FC1": 2, "FC2": 3, "LN2": 4, "LN1": 5}  # the paper's: 1 = most plastic
 COMPONENT_COLORS = {"MHA": "#37abb5", "FC1": "#a291e1", "FC2": "#858ec2", "LN2": "#b153a1", "LN1": "#daa4ac"}
 PROTOCOLS = ("paper", "in_situ")  # what each component is fed: see the next two sections
 
@@ -146,15 +146,43 @@ def _rebatch(chunks: Iterable[torch.Tensor], bs: int) -> Iterator[torch.Tensor]:
         buf, n = [xb[full:]], n - full
     if n: yield torch.cat(buf)
 
+# %% ../nbs/01_plasticity.ipynb #64874529
+def _short_target(n: int, bs: int) -> ValueError:
+    "The error for a target that pairing 'authors' cannot restart: fewer images than one batch."
+    return ValueError(f"target has {n} images, fewer than batch_size={bs}: pairing='authors' restarts a "
+                      f"short target in whole batches of batch_size (drop_last); pass batch_size <= {n} "
+                      "or pairing='cycle_all'")
+
+def _drop_last_cycled(data: torch.Tensor | Iterable, bs: int) -> Iterator[torch.Tensor]:
+    "Batches of `bs` target images, restarted at image 0; a partial last batch only in the first pass."
+    first = True
+    while True:
+        n = 0
+        for b in _rebatch(_images(data, "target"), bs):
+            n += len(b)
+            if first or len(b) == bs: yield b
+        if n == 0: raise ValueError("target is empty: pass at least one image")
+        if n < bs: raise _short_target(n, bs)
+        first = False
+
 # %% ../nbs/01_plasticity.ipynb #750535ef
-def _pairs(source: torch.Tensor | Iterable, target: torch.Tensor | Iterable, bs: int, n_pairs: int | None
-           ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    "Batches (a, b) of at most `bs` pairs: image k of `source` with image k of `target` (cycled); `n_pairs` at most."
+PAIRINGS = ("authors", "cycle_all")  # how a target shorter than the source is restarted (table above)
+
+def _target_batches(target: torch.Tensor | Iterable, bs: int, pairing: str) -> Iterator[torch.Tensor]:
+    "Target batches of `bs` images, restarted under `pairing` (under 'authors' a first pass may end shorter)."
+    if pairing == "authors": return _drop_last_cycled(target, bs)
+    return _rebatch(_cycled(target, "target"), bs)
+
+def _pairs(source: torch.Tensor | Iterable, target: torch.Tensor | Iterable, bs: int, n_pairs: int | None,
+           pairing: str = "authors") -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    "Batches (a, b) of at most `bs` pairs: image k of `source` with image k of `target` (see `pairing`)."
     limit, done = sys.maxsize if n_pairs is None else n_pairs, 0
-    targets = _rebatch(_cycled(target, "target"), bs)
+    targets = _target_batches(target, bs, pairing)
     for a in _rebatch(_images(source, "source"), bs):
         a = a[: limit - done]
-        b = next(targets)[: len(a)]
+        b = next(targets)
+        if len(b) < len(a): b = next(targets)  # 'authors': partial batch dropped, restart
+        b = b[: len(a)]
         if a.shape[1:] != b.shape[1:]:
             raise ValueError(f"source and target must have the same image shape, got {tuple(a.shape[1:])} and "
                              f"{tuple(b.shape[1:])}: resize both to the model's input size")
@@ -211,31 +239,44 @@ def _tidy(d_in: torch.Tensor, d_out: torch.Tensor, names: Sequence[str]) -> pd.D
     return df
 
 # %% ../nbs/01_plasticity.ipynb #94c90e08
+def _n_images(data: torch.Tensor | Iterable) -> int | None:
+    "Number of images of a tensor or of a loader's dataset; None when unknown."
+    try: return len(data) if isinstance(data, torch.Tensor) else len(data.dataset)
+    except (AttributeError, TypeError): return None
+
 def _n_batches(source: torch.Tensor | Iterable, n_pairs: int | None, bs: int) -> int | str:
     "Number of batches for the progress bar, or 'noinfer' when the source's size is unknown."
-    try: n = len(source) if isinstance(source, torch.Tensor) else len(source.dataset)
-    except (AttributeError, TypeError): n = None
+    n = _n_images(source)
     if n_pairs is not None: n = n_pairs if n is None else min(n, n_pairs)
     return "noinfer" if n is None else math.ceil(n / bs)
+
+def _check_pairing(source, target, n_pairs: int | None, bs: int, pairing: str) -> None:
+    "Refuse, before any work, a target that pairing 'authors' would have to restart with no whole batch."
+    n_tgt, wanted = _n_images(target), [n for n in (_n_images(source), n_pairs) if n is not None]
+    if pairing == "authors" and n_tgt and n_tgt < bs and wanted and min(wanted) > n_tgt:
+        raise _short_target(n_tgt, bs)
 
 # %% ../nbs/01_plasticity.ipynb #f799cdf9
 def measure_plasticity(
     model: nn.Module,  # a timm ViT (see `check_vit`), in fp32
-    source: torch.Tensor | Iterable,  # images (B, C, H, W) or a DataLoader of `xb` or `(xb, yb)`: the pretraining domain
-    target: torch.Tensor | Iterable,  # the same, downstream domain; cycled if shorter than the source
-    protocol: str = "paper",  # "paper": embeddings fed to every component (paper.md §1); "in_situ": real inputs
+    source: torch.Tensor | Iterable,  # pretraining-domain images (B, C, H, W), or a loader of xb or (xb, yb)
+    target: torch.Tensor | Iterable,  # downstream images, the same way; restarted by `pairing` if shorter
+    protocol: str = "paper",  # "paper": embeddings into every component (the paper's); "in_situ": real inputs
     n_pairs: int | None = None,  # number of pairs; default: every image of `source`
-    batch_size: int = 64,  # pairs per forward pass (memory only: the result does not depend on it)
+    batch_size: int = 64,  # pairs per forward pass; under pairing "authors" also which target images pair
+    pairing: str = "authors",  # restart of a short target: "authors" (whole batches) or "cycle_all"
     device: str | torch.device | None = None,  # where to compute; default: the model's device
     progress: bool = True,  # show a progress bar over the batches
 ) -> pd.DataFrame:  # one row per (pair, layer, component): pair, layer, component, d_in, d_out, ratio
     "Plasticity ratios ‖f(x)-f(y)‖_F / ‖x-y‖_F of LN1, MHA, LN2, FC1, FC2 in every block, for each image pair."
     comps = [block_components(model, l) for l in range(len(check_vit(model).blocks))]
     if protocol not in PROTOCOLS: raise ValueError(f"unknown protocol {protocol!r}; valid: {', '.join(PROTOCOLS)}")
+    if pairing not in PAIRINGS: raise ValueError(f"unknown pairing {pairing!r}; valid: {', '.join(PAIRINGS)}")
     for name, v in [("n_pairs", 1 if n_pairs is None else n_pairs), ("batch_size", batch_size)]:
         if not (isinstance(v, int) and v > 0): raise ValueError(f"{name} must be a positive integer, got {v!r}")
+    _check_pairing(source, target, n_pairs, batch_size, pairing)
     batch_fn = {"paper": _paper_batch, "in_situ": _in_situ_batch}[protocol]
-    batches = _pairs(source, target, batch_size, n_pairs)
+    batches = _pairs(source, target, batch_size, n_pairs, pairing)
     if progress: batches = progress_bar(batches, total=_n_batches(source, n_pairs, batch_size), leave=False)
     d_in, d_out = [], []
     with _measuring(model, device) as dev:
@@ -250,15 +291,19 @@ def _as_list(by: str | Sequence[str]) -> list[str]: return [by] if isinstance(by
 def _rank_key(s: pd.Series) -> pd.Series: return s.map(THEORETICAL_RANK) if s.name == "component" else s
 
 def layer_summary(
-    df: pd.DataFrame,  # output of `measure_plasticity` (several runs may be stacked, told apart by the `by` columns)
+    df: pd.DataFrame,  # output of `measure_plasticity` (runs may be stacked, told apart by `by` columns)
     by: str | Sequence[str] = (),  # extra grouping columns, e.g. "target" when several datasets are stacked
-) -> pd.DataFrame:  # columns: *by, component, layer, depth, mean, std, ci, n; rows in theoretical-rank order
-    "Per-layer plasticity: mean ratio over the pairs, its sample std (ddof 1), the 95% CI half-width (7), N."
+    ddof: int = 0,  # std of (7): 0 the population std (the authors' np.std), 1 the sample std
+) -> pd.DataFrame:  # columns: *by, component, layer, depth, mean, std, n, ci; rows in theoretical-rank order
+    "Per-layer plasticity: mean ratio over the pairs, its std, N, the 95% CI half-width (7); depth in %."
+    if ddof not in (0, 1):
+        raise ValueError(f"ddof must be 0 (population std, the authors') or 1 (sample std), got {ddof!r}")
     by = _as_list(by)
-    out = df.groupby([*by, "component", "layer"])["ratio"].agg(mean="mean", std="std", n="count").reset_index()
+    g = df.groupby([*by, "component", "layer"])["ratio"]
+    out = pd.DataFrame({"mean": g.mean(), "std": g.std(ddof=ddof), "n": g.count()}).reset_index()
     out["ci"] = 1.96 * out["std"] / np.sqrt(out["n"])
-    n_layers = (out.groupby(by)["layer"].transform("max") if by else out["layer"].max()) + 1
-    out.insert(len(by) + 2, "depth", 100 * (out["layer"] + 1) / n_layers)
+    last = out.groupby(by)["layer"].transform("max") if by else out["layer"].max()  # L - 1
+    out.insert(len(by) + 2, "depth", 100 * out["layer"] / np.maximum(last, 1))
     return out.sort_values([*by, "component", "layer"], key=_rank_key).reset_index(drop=True)
 
 # %% ../nbs/01_plasticity.ipynb #476f2e9b
@@ -283,13 +328,14 @@ def plot_plasticity_boxplot(
     data: pd.DataFrame,  # output of `measure_plasticity` or `layer_summary` (runs stacked: per-layer means pooled)
     title: str | None = None,  # what the data ran on, e.g. "ViT-B/16 in21k, 11 datasets"
     log: bool = False,  # logarithmic y axis
+    showfliers: bool = False,  # draw layers beyond the whiskers as points (the authors' figures hide them)
 ) -> Figure:
     "Boxplot of the per-layer plasticity of each component, x = theoretical rank 1..5 (MHA .. LN1), paper colours."
     means = _per_layer(data)
     comps = sorted(THEORETICAL_RANK, key=THEORETICAL_RANK.get)
     fig, ax = plt.subplots(figsize=(5, 3.5))
     box = ax.boxplot([means.loc[means["component"] == c, "mean"].to_numpy() for c in comps], positions=range(1, 6),
-                     widths=0.6, patch_artist=True, medianprops=dict(color="black"))
+                     widths=0.6, patch_artist=True, medianprops=dict(color="black"), showfliers=showfliers)
     for patch, c in zip(box["boxes"], comps): patch.set_facecolor(COMPONENT_COLORS[c])
     ax.set_xticks(range(1, 6), [f"{THEORETICAL_RANK[c]}\n{c}" for c in comps])
     ax.set(xlabel="theoretical rank (1 = most plastic)", ylabel=r"plasticity $\mathcal{P}(f)$, per layer",

@@ -4,7 +4,7 @@
 
 # %% ../nbs/06_probe.ipynb #2ad22788
 from __future__ import annotations
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import pandas as pd
@@ -16,10 +16,11 @@ from sklearn.preprocessing import StandardScaler
 from torch import nn
 
 from .components import block_components, check_vit
+from .data import Split
 
 # %% auto #0
-__all__ = ['REPRESENTATIONS', 'pool_normalise', 'representation_module', 'layer_features', 'extract_features', 'probe_accuracy',
-           'linear_probe', 'layerwise_probe']
+__all__ = ['REPRESENTATIONS', 'TRAIN_FEATURES', 'pool_normalise', 'representation_module', 'layer_features', 'extract_features',
+           'probe_train_split', 'probe_accuracy', 'linear_probe', 'layerwise_probe']
 
 # %% ../nbs/06_probe.ipynb #7d894531
 def pool_normalise(h: torch.Tensor) -> torch.Tensor:
@@ -78,6 +79,18 @@ def extract_features(model: nn.Module, dl: Iterable, representation: str = "resi
     "Pooled, L2-normalised features (n, D) of `representation` in block `layer`, and the labels (n,)."
     feats, y = layer_features(model, dl, representation, [layer])
     return feats[_layers(model, [layer])[0]], y
+
+# %% ../nbs/06_probe.ipynb #2c51f51c
+TRAIN_FEATURES = ("augmented", "clean")  # how the probe's training images are transformed (see the text)
+
+def probe_train_split(train: Split, # the training split, with its training transform
+                      eval_tfm: Callable | None, # the evaluation transform (the test split's `tfm`)
+                      train_features: str = "augmented", # "augmented" (the authors') or "clean"
+                     ) -> Split: # the split whose features the probe is fitted on
+    "`train` with its own training transform ('augmented'), or its images with `eval_tfm` ('clean')."
+    if train_features not in TRAIN_FEATURES:
+        raise ValueError(f"unknown train_features {train_features!r}; valid: {', '.join(TRAIN_FEATURES)}")
+    return train if train_features == "augmented" else Split(train.base, train.idxs, eval_tfm)
 
 # %% ../nbs/06_probe.ipynb #0f14d078
 def probe_accuracy(X_train: np.ndarray, y_train: np.ndarray, X_test: np.ndarray, y_test: np.ndarray,
