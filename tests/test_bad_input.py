@@ -149,7 +149,7 @@ def test_images_of_the_wrong_shape_dtype_or_with_nan_are_refused(vit, b, c, h, w
     if poison and x.numel(): x.view(-1)[0] = float(poison)
     x = x.to(dtype) if dtype.is_floating_point else (x.abs() * 10).to(dtype)
     good = extra_dim is None and b > 0 and (c, h, w) == (3, 32, 32) and dtype.is_floating_point and not (poison and x.numel())
-    tgt = torch.randn(2, 3, 32, 32)
+    tgt = torch.randn(3, 3, 32, 32)
     for f in (lambda: measure_plasticity(vit, x, tgt, progress=False), lambda: token_radius(vit, x)):
         if good: f()
         else: refused(f)

@@ -172,7 +172,8 @@ def plot_robustness(ft: pd.DataFrame, dataset: str, title: str | None = None) ->
     d = ft[ft["dataset"] == dataset]
     cs = [c for c in _ordered(d["train"]) if c != "full"]
     fig, ax = plt.subplots(figsize=(5, 3.2))
-    box = ax.boxplot([d.loc[d["train"] == c, "test_acc"].dropna() for c in cs], patch_artist=True, medianprops=dict(color="black"))
+    box = ax.boxplot([d.loc[d["train"] == c, "test_acc"].dropna() for c in cs], patch_artist=True, showfliers=False,
+                     medianprops=dict(color="black"))
     for patch, c in zip(box["boxes"], cs): patch.set_facecolor(_COLORS[c])
     if (d["train"] == "full").any(): ax.axhline(d.loc[d["train"] == "full", "test_acc"].mean(), ls="--", color="k", lw=1, label="full FT")
     ax.set_xticks(range(1, len(cs) + 1), cs); ax.set(ylabel="test accuracy (%)", title=title or dataset)

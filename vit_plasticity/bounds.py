@@ -142,7 +142,8 @@ def plot_bounds(bounds_df: pd.DataFrame,  # output of `plasticity_bounds`
     depth = bounds_df["layer"].max() + 1
     for comp in sorted(bounds_df["component"].unique(), key=THEORETICAL_RANK.get):
         df = bounds_df[bounds_df["component"] == comp].sort_values("layer")
-        ax.plot(100 * (df["layer"] + 1) / depth, df["bound"], "o-", color=COMPONENT_COLORS[comp], label=comp)
+        ax.plot(100 * df["layer"] / max(depth - 1, 1), df["bound"], "o-",  # depth 100·l/(L-1), the authors'
+                color=COMPONENT_COLORS[comp], label=comp)
     ax.set(yscale="log", xlabel="layer depth (%)", ylabel="bound on plasticity", title=title)
     ax.legend(title="by theoretical rank", fontsize=8)
     return fig
