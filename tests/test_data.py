@@ -1,5 +1,5 @@
 "Format tests of `vit_plasticity.data` on tiny files written in the exact on-disk layouts; the network is blocked."
-import gzip, json, socket, sys
+import gzip, json, pickle, socket, sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from scipy.io import savemat
 
 from vit_plasticity import data as D
 
@@ -112,7 +113,8 @@ def test_cifar10c_severity_blocks(tmp_path, severity):
 
 def test_cifar10c_format_errors(tmp_path):
     fake_cifar10c(tmp_path)
-    with pytest.raises(D.DataFormatError, match=r"expected \(50000, 32, 32, 3\) uint8"): D.load_cifar10c(tmp_path, "snow")
+    with pytest.raises(D.DataFormatError, match=r"expected \(50000, 32, 32, 3\) uint8"):
+        D.load_cifar10c(tmp_path, "snow", block=10_000)
     np.save(tmp_path / "CIFAR-10-C" / "fog.npy", np.zeros((5 * BLOCK, 32, 32, 3), np.float32))
     with pytest.raises(D.DataFormatError, match="float32"): D.load_cifar10c(tmp_path, "fog", block=BLOCK)
     raw = (tmp_path / "CIFAR-10-C" / "snow.npy").read_bytes()
@@ -122,13 +124,19 @@ def test_cifar10c_format_errors(tmp_path):
     with pytest.raises(D.DataNotFoundError, match="labels.npy"): D.load_cifar10c(tmp_path, "fog", block=BLOCK)
 
 
+def test_cifar10c_rows_per_severity_from_the_file(tmp_path):
+    fake_cifar10c(tmp_path, block=7)
+    (ds,) = D.load_cifar10c(tmp_path, "snow", severity=4)
+    assert len(ds) == 7 and all(ds[i][0][0, 0, 0] == 4 for i in range(7))
+    np.save(tmp_path / "CIFAR-10-C" / "snow.npy", np.zeros((34, 32, 32, 3), np.uint8))  # not 5 blocks
+    with pytest.raises(D.DataFormatError, match=r"\(34, 32, 32, 3\) uint8 and labels.npy \(35,\); expected \(5k"):
+        D.load_cifar10c(tmp_path, "snow")
+
+
 @pytest.fixture
-def small_cifar10c(tmp_path, monkeypatch):
-    "The registry's cifar10c-snow reading blocks of 20 rows."
+def small_cifar10c(tmp_path):
+    "CIFAR-10-C in the official format with blocks of 20 rows: the registry's loader reads it as it is."
     fake_cifar10c(tmp_path)
-    spec = D.DATASETS["cifar10c-snow"]
-    monkeypatch.setitem(D.DATASETS, "cifar10c-snow",
-                        replace(spec, load=lambda r, d, c: D.load_cifar10c(r, "snow", block=BLOCK, download=d)))
     return tmp_path
 
 
@@ -145,7 +153,8 @@ def test_cifar10c_dataloaders(small_cifar10c):
 
 
 def test_cifar10c_severity_5_only(small_cifar10c):
-    imgs = D.plasticity_images("cifar10c-snow", 4, root=small_cifar10c, img_size=32, normalize="none", download=False)
+    imgs = D.plasticity_images("cifar10c-snow", 4, root=small_cifar10c, img_size=32, normalize="none", download=False,
+                               batch_size=4)
     assert imgs.shape == (4, 3, 32, 32) and torch.allclose(imgs[:, 0, 0, 0], torch.full((4,), 5 / 255))
 
 
@@ -191,9 +200,11 @@ def test_domainnet_absent_names_layout_and_zip(tmp_path):
 def test_imagenet_val_sample_is_the_whole_folder_in_order(tmp_path):
     wnids = [f"n{k:08d}" for k in range(1000)]
     write_tree(tmp_path / "imagenet" / "val", wnids, size=(8, 8))
-    ds = D.plasticity_sample("imagenet-val", 1003, root=tmp_path, img_size=8, download=False)
+    ds = D.plasticity_sample("imagenet-val", 1003, root=tmp_path, img_size=8, download=False, pairing="cycle_all")
     assert len(ds) == 1003 and ds.idxs[:1000] == list(range(1000)) and ds.idxs[1000:] == [0, 1, 2]
     assert [ds[k][1] for k in (0, 1, 999)] == [0, 1, 999]
+    authors = D.plasticity_sample("imagenet-val", 1003, root=tmp_path, img_size=8, download=False)  # batch 64
+    assert authors.idxs[:960] == list(range(960)) and authors.idxs[960:] == list(range(43))  # 1,000 = 15 x 64 + 40
 
 
 # ---- torchvision datasets: absent ----------------------------------------------------------------------------------
@@ -246,16 +257,18 @@ def test_benchmark_dataloaders(tmp_path):
         dls = D.dataloaders(name, root=root, cache=cache, bs=5)
         xb, yb = dls.one_batch()
         assert xb.shape == (5, 1, 32, 32) and dls.c == 10
-    assert [len(dl.dataset) for dl in D.dataloaders("fmnist", root=root, cache=cache).loaders] == [40, 10, 50]
-    assert [len(dl.dataset) for dl in D.dataloaders("fmnist-snow", root=root, cache=cache).loaders] == [32, 8, 10]
+    assert [len(dl.dataset) for dl in D.dataloaders("fmnist", root=root, cache=cache, bs=8).loaders] == [40, 10, 50]
+    assert [len(dl.dataset) for dl in D.dataloaders("fmnist-snow", root=root, cache=cache, bs=8).loaders] == [32, 8, 10]
 
 
 def test_benchmark_source_sample_is_fashion_mnist_test_in_order(tmp_path):
     root = fake_fmnist(tmp_path, 6)
-    imgs = D.plasticity_images("fmnist", 8, root=root, normalize="none")
+    imgs = D.plasticity_images("fmnist", 8, root=root, normalize="none", pairing="cycle_all")
     x, _ = D.load_fashion_mnist("test", root=root)
     assert imgs.shape == (8, 1, 32, 32)
     assert torch.allclose(imgs[:6, 0, 2:30, 2:30], x.float() / 255) and torch.equal(imgs[6:], imgs[:2])
+    authors = D.plasticity_images("fmnist", 8, root=root, normalize="none", batch_size=4)  # 6 = 4 + 2 unused
+    assert torch.equal(authors, imgs[[0, 1, 2, 3, 0, 1, 2, 3]])
 
 
 def test_corruptions_leave_numpy_random_state_alone():
@@ -284,3 +297,198 @@ def test_tiny_train_shift_keeps_white_paper_white():
     train, _ = D.tiny_transforms(normalize="none")
     white = D.tv_tensors.Image(torch.full((1, 32, 32), 255, dtype=torch.uint8))
     assert all(torch.equal(train(white), torch.ones(1, 32, 32)) for _ in range(20))
+
+
+# ---- CIFAR-10/100 from the python pickles ---------------------------------------------------------------------------
+
+def write_cifar(root: Path, n_classes: int, seed: int = 0) -> Path:
+    "CIFAR batches in the official layout: random pixels and labels, a few images per batch."
+    files = D.CIFAR[n_classes]
+    folder = root / files.folder; folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for name, n in zip(files.train + files.test, (3, 2, 4, 1, 2, 5) if n_classes == 10 else (12, 5)):
+        y = rng.integers(0, n_classes, n).tolist()
+        d = {"batch_label": name, files.label_key: y, "data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+             "filenames": [f"{name}_{i}.png" for i in range(n)]}
+        if n_classes == 100: d["coarse_labels"] = [k // 5 for k in y]
+        (folder / name).write_bytes(pickle.dumps(d, protocol=2))
+    meta = {files.names_key: [f"class_{k}" for k in range(n_classes)]}
+    (folder / files.meta).write_bytes(pickle.dumps(meta, protocol=2))
+    return folder
+
+
+@pytest.mark.parametrize("n_classes", [10, 100])
+def test_cifar_reads_what_torchvision_reads(tmp_path, monkeypatch, n_classes):
+    import torchvision.datasets.cifar as tvc
+    write_cifar(tmp_path, n_classes)
+    monkeypatch.setattr(tvc, "check_integrity", lambda path, md5=None: Path(path).is_file())  # tiny files: no md5
+    cls = {10: tvc.CIFAR10, 100: tvc.CIFAR100}[n_classes]
+    eval_tfm = D.paper_transforms(48)[1]
+    for ours, train in zip(D.load_cifar(tmp_path, n_classes), (True, False)):
+        theirs = cls(str(tmp_path), train=train)
+        assert np.array_equal(ours.images, theirs.data) and ours.labels.tolist() == theirs.targets
+        for i in (0, len(theirs) - 1):
+            assert ours[i][1] == theirs[i][1] and torch.equal(eval_tfm(ours[i][0]), eval_tfm(theirs[i][0]))
+    assert (D.CIFAR[n_classes].url, D.CIFAR[n_classes].md5) == (cls.url, cls.tgz_md5)  # the official archive
+
+
+def test_cifar_format_errors_name_the_file(tmp_path):
+    folder = write_cifar(tmp_path, 10)
+    good = (folder / "data_batch_2").read_bytes()
+    bad = pickle.loads(good, encoding="latin1"); bad["labels"][0] = 10
+    (folder / "data_batch_2").write_bytes(pickle.dumps(bad, protocol=2))
+    with pytest.raises(D.DataFormatError, match=r"data_batch_2: labels .*expected 0..9"): D.load_cifar(tmp_path)
+    bad["labels"][0] = 0; bad["data"] = bad["data"][:, :100]
+    (folder / "data_batch_2").write_bytes(pickle.dumps(bad, protocol=2))
+    with pytest.raises(D.DataFormatError, match=r"data_batch_2: data is \(2, 100\) uint8"): D.load_cifar(tmp_path)
+    (folder / "data_batch_2").write_bytes(good[: len(good) // 2])
+    with pytest.raises(D.DataFormatError, match="data_batch_2: not a CIFAR pickle"): D.load_cifar(tmp_path)
+    (folder / "data_batch_2").write_bytes(pickle.dumps({"data": print}))  # a pickle that names a function
+    with pytest.raises(D.DataFormatError, match="refused global builtins.print"): D.load_cifar(tmp_path)
+    (folder / "data_batch_2").write_bytes(good)
+    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": ["a", "b"]}, protocol=2))
+    with pytest.raises(D.DataFormatError, match="batches.meta: 'label_names' should list 10"): D.load_cifar(tmp_path)
+
+
+def test_cifar_missing_files_name_the_layout(tmp_path):
+    (write_cifar(tmp_path, 100) / "meta").unlink()
+    with pytest.raises(D.DataNotFoundError, match=r"missing meta; expected cifar-100-python/\{train,test,meta\}"):
+        D.load_cifar(tmp_path, 100)
+    with pytest.raises(D.DataNotFoundError, match=r"cifar-100-python/\{train,test,meta\}.*cifar-100-python.tar.gz"):
+        D.raw_parts("cifar100", root=tmp_path, download=False)
+
+
+def test_cifar_download_only_when_the_folder_is_absent(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(D, "_download_archive", lambda url, root, md5=None: calls.append((url, Path(root), md5)))
+    with pytest.raises(D.DataNotFoundError): D.load_cifar(tmp_path, 10, download=True)  # the fake download adds nothing
+    assert calls == [(D.CIFAR[10].url, tmp_path, "c58f30108f718f92721af3b95e74349a")]
+    (tmp_path / "cifar-10-batches-py").mkdir()
+    with pytest.raises(D.DataNotFoundError, match="missing data_batch_1"): D.load_cifar(tmp_path, 10, download=True)
+    assert len(calls) == 1  # a folder on disk, even incomplete, is never downloaded over
+
+
+def test_cifar_splits_and_loaders(tmp_path):
+    write_cifar(tmp_path, 10)
+    dls = D.dataloaders("cifar10", root=tmp_path, bs=3, img_size=16, download=False)
+    assert [len(dl.dataset) for dl in dls.loaders] == [10, 2, 5] and dls.c == 10  # 12 -> 80/20; the official test
+    assert dls.one_batch()[0].shape == (3, 3, 16, 16)
+
+
+# ---- Flowers102 from its .mat files ---------------------------------------------------------------------------------
+
+def write_flowers(root: Path, n: int = 12, seed: int = 0) -> Path:
+    folder = root / "flowers-102"; (folder / "jpg").mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    for i in range(1, n + 1):
+        Image.fromarray(rng.integers(0, 256, (5, 7, 3), dtype=np.uint8)).save(folder / "jpg" / f"image_{i:05d}.jpg")
+    ids = rng.permutation(n) + 1  # the sets interleave, in no sorted order
+    savemat(folder / "imagelabels.mat", {"labels": rng.integers(1, 103, (1, n)).astype(np.uint8)})
+    savemat(folder / "setid.mat", {"trnid": ids[None, :4].astype(np.uint16), "valid": ids[None, 4:7].astype(np.uint16),
+                                   "tstid": ids[None, 7:].astype(np.uint16)})
+    return folder
+
+
+def test_flowers_reads_what_torchvision_reads(tmp_path, monkeypatch):
+    import torchvision.datasets.flowers102 as tvf
+    write_flowers(tmp_path)
+    monkeypatch.setattr(tvf, "check_integrity", lambda path, md5=None: Path(path).is_file())
+    for ours, split in zip(D.load_flowers102(tmp_path), ("train", "val", "test")):
+        theirs = tvf.Flowers102(str(tmp_path), split=split)
+        assert ours.files == theirs._image_files and ours.labels == theirs._labels
+        for i in range(len(ours)):
+            assert ours[i][1] == theirs[i][1] and np.array_equal(np.asarray(ours[i][0]), np.asarray(theirs[i][0]))
+    assert [len(p) for p in D.load_flowers102(tmp_path)] == [4, 3, 5]
+
+
+def test_flowers_errors(tmp_path):
+    folder = write_flowers(tmp_path)
+    (folder / "jpg" / "image_00003.jpg").unlink()
+    with pytest.raises(D.DataNotFoundError, match="1 images missing, e.g. image_00003.jpg"): D.load_flowers102(tmp_path)
+    (folder / "setid.mat").write_bytes(b"not a mat file")
+    with pytest.raises(D.DataFormatError, match="setid.mat: unreadable .mat"): D.load_flowers102(tmp_path)
+    (folder / "setid.mat").unlink()
+    with pytest.raises(D.DataNotFoundError, match=r"flowers-102/\{jpg/image_%05d.jpg,imagelabels.mat,setid.mat\}"):
+        D.raw_parts("flowers102", root=tmp_path, download=False)
+
+
+# ---- the authors' fixed split and plasticity pairs ------------------------------------------------------------------
+
+@pytest.mark.parametrize("n", [1, 2, 7, 50, 345, 1797, 10_000])
+def test_fixed_split_is_the_authors_numpy_split(n):
+    state = np.random.get_state()
+    try:
+        np.random.seed(42)
+        idx = np.random.permutation(n)
+    finally: np.random.set_state(state)
+    train, test = D.fixed_split_idxs(n)
+    assert train == np.sort(idx[: int(0.8 * n)]).tolist() and test == np.sort(idx[int(0.8 * n):]).tolist()
+    assert D.fixed_split_idxs(n, "torch") == D.split_idxs(n, 42)  # the project's earlier split, kept by name
+
+
+def test_fixed_split_reaches_every_loader(small_cifar10c):
+    kw = dict(root=small_cifar10c, img_size=8, download=False)
+    numpy_test = D.fixed_split_idxs(20)[1]
+    assert D.dataset_splits("cifar10c-snow", **kw)[2].idxs == numpy_test
+    assert D.dataloaders("cifar10c-snow", bs=4, **kw)[2].dataset.idxs == numpy_test
+    assert D.plasticity_sample("cifar10c-snow", batch_size=4, **kw).idxs == numpy_test
+    torch_test = D.split_idxs(20, 42)[1]
+    assert D.dataset_splits("cifar10c-snow", fixed_split="torch", **kw)[2].idxs == torch_test
+    assert D.dataloaders("cifar10c-snow", bs=4, fixed_split="torch", **kw)[2].dataset.idxs == torch_test
+    assert D.plasticity_sample("cifar10c-snow", batch_size=4, fixed_split="torch", **kw).idxs == torch_test
+    with pytest.raises(ValueError, match="fixed_split='Numpy' is not one of"): D.dataset_splits("cifar10c-snow", fixed_split="Numpy", **kw)
+
+
+def restarted_drop_last_loader(items: list, n: int, bs: int) -> list:
+    "The authors' target side: a DataLoader(drop_last=True) over the test split, restarted when it runs out."
+    out, loader = [], torch.utils.data.DataLoader(items, batch_size=bs, drop_last=True)
+    while len(out) < n:
+        for batch in loader:
+            out += batch.tolist()
+            if len(out) >= n: break
+    return out[:n]
+
+
+@pytest.mark.parametrize("size,bs,n", [(4, 4, 9), (7, 2, 15), (16, 8, 16), (17, 8, 40), (30, 7, 100), (9, 1, 20)])
+def test_pairing_is_the_restarted_drop_last_loader(size, bs, n):
+    items = list(range(500, 500 + size))
+    assert D.pairing_idxs(items, n, bs) == restarted_drop_last_loader(items, n, bs)
+    assert D.pairing_idxs(items, n, bs, "cycle_all") == [items[k % size] for k in range(n)]
+
+
+def test_plasticity_sample_pairs_the_test_split_as_the_authors(small_cifar10c):
+    kw = dict(root=small_cifar10c, img_size=8, download=False)
+    test = D.dataset_splits("cifar10c-snow", **kw)[2].idxs  # 4 images
+    assert D.plasticity_sample("cifar10c-snow", 9, batch_size=3, **kw).idxs == restarted_drop_last_loader(test, 9, 3)
+    with pytest.raises(ValueError, match=r"cifar10c-snow \(test sample\): the sample has 4 images, fewer than "
+                                         r"batch_size=64.*batch_size <= 4 or pairing='cycle_all'"):
+        D.plasticity_sample("cifar10c-snow", 9, **kw)
+    with pytest.raises(ValueError, match="batch_size=0"): D.plasticity_sample("cifar10c-snow", 9, batch_size=0, **kw)
+
+
+# ---- the training loader, checkpoint statistics -----------------------------------------------------------------------
+
+def test_training_loader_drops_its_last_partial_batch(tmp_path):
+    root = fake_fmnist(tmp_path, 50)  # 40 train images
+    dls = D.dataloaders("fmnist", root=root, bs=16, cache=tmp_path)
+    assert [len(yb) for _, yb in dls.train] == [16, 16] and [len(yb) for _, yb in dls.valid] == [10]
+    kept = D.dataloaders("fmnist", root=root, bs=16, cache=tmp_path, drop_last=False)
+    assert sorted(len(yb) for _, yb in kept.train) == [8, 16, 16]
+    with pytest.raises(ValueError, match="40 images, fewer than bs=64.*drop_last=False"):
+        D.dataloaders("fmnist", root=root, cache=tmp_path)
+
+
+def test_checkpoint_normalization_uses_the_model_statistics(small_cifar10c):
+    import timm
+    net = timm.create_model("vit_tiny_patch16_224.augreg_in21k", pretrained=False, num_classes=10)
+    mean, std = net.pretrained_cfg["mean"], net.pretrained_cfg["std"]
+    kw = dict(root=small_cifar10c, img_size=8, download=False, batch_size=4)
+    imgs = D.plasticity_images("cifar10c-snow", 4, normalize="checkpoint", model=net, **kw)
+    raw = D.plasticity_images("cifar10c-snow", 4, normalize="none", **kw)
+    assert torch.allclose(imgs, (raw - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None])
+    train = D.dataset_splits("cifar10c-snow", root=small_cifar10c, normalize="checkpoint", model=net, download=False)[0]
+    assert tuple(train.tfm.transforms[-1].mean) == tuple(mean)
+    with pytest.raises(ValueError, match="pass model="):
+        D.dataloaders("cifar10c-snow", root=small_cifar10c, normalize="checkpoint", download=False)
+    with pytest.raises(ValueError, match="has no pretrained_cfg mean/std"):
+        D.plasticity_sample("cifar10c-snow", normalize="checkpoint", model=torch.nn.Linear(2, 2), **kw)

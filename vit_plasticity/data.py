@@ -8,6 +8,7 @@ import gzip
 import importlib.resources
 import json
 import os
+import pickle
 import random
 import sys
 import time
@@ -17,12 +18,14 @@ import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
 import torch
 from fastai.data.core import DataLoaders
 from fastai.data.load import DataLoader
+from PIL import Image
 from torch import nn
 from torch.utils.data import Dataset, random_split
 from torchvision import tv_tensors
@@ -31,21 +34,23 @@ from tqdm import tqdm
 
 # %% auto #0
 __all__ = ['FMNIST_DIR', 'TINY_IMG_SIZE', 'FMNIST_MEAN', 'FMNIST_STD', 'IMAGENET_MEAN', 'IMAGENET_STD', 'FMNIST_CLASSES',
-           'SPLIT_RULES', 'FIXED_TEST_SEED', 'NORMALIZATIONS', 'CIFAR10C_CORRUPTIONS', 'CIFAR10C_SEVERITY',
-           'CIFAR10C_URL', 'CIFAR10C_MD5', 'DOMAINNET_URLS', 'DOMAINNET_CLASSES', 'TINY_PAD', 'BENCHMARK_VERSION',
-           'TINY_DOMAINS', 'PAPER_DATASETS', 'BENCHMARK_DATASETS', 'DATASETS', 'DataFormatError', 'IdxFormatError',
-           'read_idx', 'cache_dir', 'DataNotFoundError', 'load_fashion_mnist', 'split_idxs', 'split_parts',
-           'ArrayDataset', 'Split', 'image_folder', 'normalization', 'paper_transforms', 'load_cifar', 'severity_rows',
-           'load_cifar10c', 'load_domainnet', 'load_flowers102', 'load_pet', 'load_imagenet_val', 'load_imagenette',
-           'pad_tiny', 'corrupt_gray', 'sketch_images', 'digits_images', 'make_domain', 'tiny_domain',
-           'generation_times', 'RandomShift', 'tiny_transforms', 'DatasetSpec', 'dataset_spec', 'dataset_transforms',
-           'raw_parts', 'dataset_splits', 'dataloaders', 'plasticity_sample', 'plasticity_images']
+           'FIXED_SPLITS', 'FIXED_TEST_SEED', 'SPLIT_RULES', 'NORMALIZATIONS', 'CIFAR', 'CIFAR10C_CORRUPTIONS',
+           'CIFAR10C_SEVERITY', 'CIFAR10C_URL', 'CIFAR10C_MD5', 'DOMAINNET_URLS', 'DOMAINNET_CLASSES', 'FLOWERS_SETS',
+           'FLOWERS_FILES', 'TINY_PAD', 'BENCHMARK_VERSION', 'TINY_DOMAINS', 'PAPER_DATASETS', 'BENCHMARK_DATASETS',
+           'DATASETS', 'PAIRINGS', 'DataFormatError', 'IdxFormatError', 'read_idx', 'cache_dir', 'DataNotFoundError',
+           'load_fashion_mnist', 'split_idxs', 'fixed_split_idxs', 'split_parts', 'ArrayDataset', 'Split',
+           'image_folder', 'normalization', 'paper_transforms', 'CifarFiles', 'read_cifar_batch', 'load_cifar',
+           'severity_rows', 'load_cifar10c', 'load_domainnet', 'ImageFiles', 'load_flowers102', 'load_pet',
+           'load_imagenet_val', 'load_imagenette', 'pad_tiny', 'corrupt_gray', 'sketch_images', 'digits_images',
+           'make_domain', 'tiny_domain', 'generation_times', 'RandomShift', 'tiny_transforms', 'DatasetSpec',
+           'dataset_spec', 'dataset_transforms', 'raw_parts', 'dataset_splits', 'dataloaders', 'pairing_idxs',
+           'plasticity_sample', 'plasticity_images']
 
 # %% ../nbs/03_data.ipynb #d22925dc
 FMNIST_DIR = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist (idx files, gzipped)
 TINY_IMG_SIZE = 32  # offline benchmark image side: Fashion-MNIST zero-padded 28 -> 32 (imagecorruptions needs >= 32)
 FMNIST_MEAN, FMNIST_STD = (0.2190,), (0.3318,)  # pixel mean/std of the padded 32x32 Fashion-MNIST train images, in [0, 1]
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # the paper's normalisation (§3)
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # the paper's normalisation
 FMNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
 
 # %% ../nbs/03_data.ipynb #a15d2728
@@ -130,18 +135,41 @@ def split_idxs(idxs: int | Sequence[int], # a number of items, or the indices to
     a, b = random_split(range(len(idxs)), [n_a, len(idxs) - n_a], generator=torch.Generator().manual_seed(seed))
     return [idxs[i] for i in a.indices], [idxs[i] for i in b.indices]
 
+# %% ../nbs/03_data.ipynb #189970fb
+FIXED_SPLITS = ("numpy", "torch")  # the authors' fixed 80/20 split (default), and the project's earlier one
+FIXED_TEST_SEED = 42  # seed of the fixed train/test split of CIFAR-10-C and DomainNet
+
+def _check_choice(arg: str, value, valid: tuple) -> None:
+    "A `ValueError` naming the argument, its bad value and the valid ones, unless `value` is valid."
+    if value not in valid: raise ValueError(f"{arg}={value!r} is not one of {valid}")
+
+def fixed_split_idxs(n: int, # number of items
+                     fixed_split: str = "numpy", # one of `FIXED_SPLITS`
+                     seed: int = FIXED_TEST_SEED, # seed of the permutation
+                    ) -> tuple[list[int], list[int]]: # (train part, test part)
+    "The fixed 80/20 train/test split of `n` items: the authors' (numpy, each part sorted) or torch's."
+    _check_choice("fixed_split", fixed_split, FIXED_SPLITS)
+    if fixed_split == "torch": return split_idxs(n, seed)
+    perm = np.random.RandomState(seed).permutation(n)  # = np.random.seed(seed); np.random.permutation(n)
+    n_train = int(0.8 * n)
+    return np.sort(perm[:n_train]).tolist(), np.sort(perm[n_train:]).tolist()
+
 # %% ../nbs/03_data.ipynb #d812564d
 SPLIT_RULES = ("official", "fixed", "given")
-FIXED_TEST_SEED = 42  # seed of the deterministic train/test split of CIFAR-10-C and DomainNet (paper.md §3)
 
-def split_parts(parts: tuple, # raw datasets: (train, test) for "official", (all,) for "fixed", (train, val, test) for "given"
+def split_parts(parts: tuple, # (train, test) "official", (all,) "fixed", (train, val, test) "given"
                 rule: str, # one of `SPLIT_RULES`
                 seed: int, # the run seed: draws the train/valid split
+                fixed_split: str = "numpy", # the train/test split of rule "fixed": see `fixed_split_idxs`
                ) -> list[tuple[Dataset, list[int]]]: # (dataset, indices) of train, valid and test
-    "Apply a split rule of paper.md §3 to a dataset's raw parts."
+    "Apply one of the paper's split rules to a dataset's raw parts."
+    _check_choice("fixed_split", fixed_split, FIXED_SPLITS)
     if rule == "given": return [(p, list(range(len(p)))) for p in parts]
-    if rule == "official": (full, test), rest, test_idxs = parts, len(parts[0]), list(range(len(parts[1])))
-    elif rule == "fixed": (full,), (rest, test_idxs) = parts, split_idxs(len(parts[0]), FIXED_TEST_SEED); test = full
+    if rule == "official":
+        (full, test), rest, test_idxs = parts, len(parts[0]), list(range(len(parts[1])))
+    elif rule == "fixed":
+        (full,), test = parts, parts[0]
+        rest, test_idxs = fixed_split_idxs(len(full), fixed_split)
     else: raise ValueError(f"unknown split rule {rule!r}; valid: {SPLIT_RULES}")
     train_idxs, valid_idxs = split_idxs(rest, seed)
     return [(full, train_idxs), (full, valid_idxs), (test, test_idxs)]
@@ -191,6 +219,9 @@ NORMALIZATIONS = {"imagenet": (IMAGENET_MEAN, IMAGENET_STD),  # the paper's defa
 def normalization(normalize: str | tuple | Mapping | nn.Module, # see the text above
                  ) -> tuple[tuple[float, ...], tuple[float, ...]]: # (mean, std)
     "The (mean, std) that `normalize` names."
+    if isinstance(normalize, str) and normalize == "checkpoint":
+        raise ValueError("normalize='checkpoint' means the model's own mean/std: pass the model as "
+                         "`normalize`, or use the loaders by name with model=<the network>")
     if isinstance(normalize, nn.Module): normalize = getattr(normalize, "pretrained_cfg", None) or {}
     if isinstance(normalize, str):
         if normalize in NORMALIZATIONS: return NORMALIZATIONS[normalize]
@@ -212,15 +243,90 @@ def paper_transforms(img_size: int = 224, # side of the square crops
     train = v2.Compose([v2.ToImage(), v2.RandomResizedCrop(img_size), v2.RandomHorizontalFlip(), *norm])
     return train, v2.Compose([v2.ToImage(), v2.Resize(img_size), v2.CenterCrop(img_size), *norm])
 
-# %% ../nbs/03_data.ipynb #e80d222d
+# %% ../nbs/03_data.ipynb #ff9bf66e
+class CifarFiles(NamedTuple):
+    folder: str  # the folder the official archive extracts to
+    url: str  # the official archive
+    md5: str  # its published md5 sum
+    train: tuple[str, ...]  # the training batches, in order
+    test: tuple[str, ...]  # the test batches
+    meta: str  # the file naming the classes
+    label_key: str  # the labels in a batch
+    names_key: str  # the class names in `meta`
+
+CIFAR = {10: CifarFiles("cifar-10-batches-py", "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+                        "c58f30108f718f92721af3b95e74349a", tuple(f"data_batch_{k}" for k in range(1, 6)),
+                        ("test_batch",), "batches.meta", "labels", "label_names"),
+         100: CifarFiles("cifar-100-python", "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
+                         "eb9058c3a382ffc7106e4002c42a8d85", ("train",), ("test",), "meta", "fine_labels",
+                         "fine_label_names")}
+
+# %% ../nbs/03_data.ipynb #461ec751
+_PICKLE_GLOBALS = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+                   ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}  # what numpy arrays need
+
+class _ArrayUnpickler(pickle.Unpickler):
+    "An unpickler of numpy arrays and builtin containers only: it refuses every other global (no code runs)."
+    def find_class(self, module: str, name: str):
+        if (module, name) not in _PICKLE_GLOBALS:
+            raise pickle.UnpicklingError(f"refused global {module}.{name}")
+        return super().find_class(module, name)
+
+def _unpickle(path: Path) -> dict:
+    "The dict in a CIFAR pickle (written by Python 2: strings decoded as latin1), or a `DataFormatError`."
+    try:
+        with open(path, "rb") as f: d = _ArrayUnpickler(f, encoding="latin1").load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError, IndexError) as e:
+        raise DataFormatError(f"{path}: not a CIFAR pickle ({type(e).__name__}: {e})") from e
+    if not isinstance(d, dict): raise DataFormatError(f"{path}: holds a {type(d).__name__}, not a CIFAR dict")
+    return d
+
+# %% ../nbs/03_data.ipynb #b003bc3f
+def read_cifar_batch(path: str | Path, # a CIFAR batch pickle
+                     label_key: str = "labels", # "labels" (CIFAR-10) or "fine_labels" (CIFAR-100)
+                     n_classes: int = 10, # the labels must lie in 0 .. n_classes - 1
+                    ) -> tuple[np.ndarray, np.ndarray]: # uint8 images (N, 32, 32, 3), int64 labels (N,)
+    "The images (HWC) and labels of one CIFAR batch, checked."
+    d = _unpickle(Path(path))
+    if "data" not in d or label_key not in d:
+        raise DataFormatError(f"{path}: keys {sorted(d)}; a CIFAR batch has 'data' and {label_key!r}")
+    x, y = np.asarray(d["data"]), np.asarray(d[label_key])
+    if x.dtype != np.uint8 or x.ndim != 2 or x.shape[1] != 3 * 32 * 32 or y.shape != (len(x),):
+        raise DataFormatError(f"{path}: data is {x.shape} {x.dtype} with {y.shape} labels; "
+                              "expected uint8 (N, 3072) and N labels")
+    if len(y) and (not np.issubdtype(y.dtype, np.integer) or y.min() < 0 or y.max() >= n_classes):
+        raise DataFormatError(f"{path}: labels {y.min()}..{y.max()} ({y.dtype}); expected 0..{n_classes - 1}")
+    return x.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), y.astype(np.int64)
+
+# %% ../nbs/03_data.ipynb #b3d5141d
+def _download_archive(url: str, root: str | Path, md5: str | None = None) -> None:
+    "Download the archive `url` into `root`, check its md5 if given, extract it there (torchvision)."
+    from torchvision.datasets.utils import download_and_extract_archive
+    download_and_extract_archive(url, str(root), md5=md5)
+
+def _cifar_part(folder: Path, batches: Sequence[str], files: CifarFiles, n_classes: int) -> ArrayDataset:
+    "The batches `batches` of `folder`, read in turn and stacked."
+    xs, ys = zip(*(read_cifar_batch(folder / b, files.label_key, n_classes) for b in batches))
+    return ArrayDataset(np.concatenate(xs), np.concatenate(ys))
+
+# %% ../nbs/03_data.ipynb #3fb3108d
 def load_cifar(root: str | Path, # folder holding `cifar-10-batches-py/` or `cifar-100-python/`
                n_classes: int = 10, # 10 or 100
-               download: bool = False, # fetch with torchvision when absent
-              ) -> tuple[Dataset, Dataset]: # the official (train, test) sets
-    "CIFAR-10 or CIFAR-100 from torchvision."
-    from torchvision.datasets import CIFAR10, CIFAR100
-    cls = {10: CIFAR10, 100: CIFAR100}[n_classes]
-    return cls(str(root), train=True, download=download), cls(str(root), train=False, download=download)
+               download: bool = False, # fetch the official archive when the folder is absent
+              ) -> tuple[ArrayDataset, ArrayDataset]: # the official (train, test) sets
+    "CIFAR-10 or CIFAR-100 (fine labels) read from its python pickles, in torchvision's order."
+    _check_choice("n_classes", n_classes, tuple(CIFAR))
+    files = CIFAR[n_classes]
+    folder = Path(root) / files.folder
+    if download and not folder.is_dir(): _download_archive(files.url, root, files.md5)
+    names = (*files.train, *files.test, files.meta)
+    if missing := [n for n in names if not (folder / n).is_file()]:
+        raise DataNotFoundError(f"{folder}: missing {', '.join(missing)}; expected {files.folder}/"
+                                f"{{{','.join(names)}}} (extracted from {files.url})")
+    classes = _unpickle(folder / files.meta).get(files.names_key)
+    if not isinstance(classes, list) or len(classes) != n_classes:
+        raise DataFormatError(f"{folder / files.meta}: {files.names_key!r} should list {n_classes} classes")
+    return tuple(_cifar_part(folder, part, files, n_classes) for part in (files.train, files.test))
 
 # %% ../nbs/03_data.ipynb #0535789c
 CIFAR10C_CORRUPTIONS = ("contrast", "gaussian_noise", "motion_blur", "snow", "speckle_noise")  # the paper's five
@@ -236,25 +342,33 @@ def severity_rows(severity: int, # 1 (mildest) to 5
     return slice((severity - 1) * block, severity * block)
 
 # %% ../nbs/03_data.ipynb #55757bdc
+def _check_cifar10c(folder: Path, corruption: str, x: np.ndarray, y: np.ndarray, block: int | None) -> int:
+    "The rows per severity of a CIFAR-10-C array `x` and its labels `y`, or a `DataFormatError`."
+    rows = block or len(x) // 5
+    shapes_ok = x.shape[1:] == (32, 32, 3) and rows >= 1 and len(x) == 5 * rows and y.shape == (len(x),)
+    if not shapes_ok or x.dtype != np.uint8:
+        want = f"({5 * block}, 32, 32, 3) uint8 and ({5 * block},)" if block else \
+            "(5k, 32, 32, 3) uint8 and (5k,) for k >= 1 rows per severity"
+        raise DataFormatError(f"{folder}: {corruption}.npy is {x.shape} {x.dtype} and labels.npy {y.shape}; "
+                              f"expected {want}")
+    return rows
+
 def load_cifar10c(root: str | Path, # folder holding `CIFAR-10-C/`
                   corruption: str, # e.g. one of `CIFAR10C_CORRUPTIONS`
                   severity: int = CIFAR10C_SEVERITY, # 1..5
-                  block: int = 10_000, # rows per severity in the files
+                  block: int | None = None, # rows per severity; default the file's length / 5 (10,000)
                   download: bool = False, # fetch the official archive (2.9 GB) when absent
                  ) -> tuple[ArrayDataset]:
-    "The 10,000 (= `block`) CIFAR-10-C images of `corruption` at `severity`, memory-mapped."
+    "The CIFAR-10-C images of `corruption` at `severity`: one block of rows of the file, memory-mapped."
     folder = Path(root) / "CIFAR-10-C"
     files = (folder / f"{corruption}.npy", folder / "labels.npy")
-    if download and not all(f.is_file() for f in files):
-        from torchvision.datasets.utils import download_and_extract_archive
-        download_and_extract_archive(CIFAR10C_URL, str(root), md5=CIFAR10C_MD5)
-    if missing := [str(f) for f in files if not f.is_file()]: raise DataNotFoundError(f"missing {', '.join(missing)}")
+    if download and not all(f.is_file() for f in files): _download_archive(CIFAR10C_URL, root, CIFAR10C_MD5)
+    if missing := [str(f) for f in files if not f.is_file()]:
+        raise DataNotFoundError(f"missing {', '.join(missing)}")
     try: x, y = np.load(files[0], mmap_mode="r"), np.load(files[1])
-    except (ValueError, OSError, EOFError) as e: raise DataFormatError(f"{folder}: unreadable .npy ({type(e).__name__}: {e})") from e
-    if x.shape != (5 * block, 32, 32, 3) or x.dtype != np.uint8 or y.shape != (5 * block,):
-        raise DataFormatError(f"{folder}: {corruption}.npy is {x.shape} {x.dtype} and labels.npy {y.shape}; "
-                              f"expected ({5 * block}, 32, 32, 3) uint8 and ({5 * block},)")
-    rows = severity_rows(severity, block)
+    except (ValueError, OSError, EOFError) as e:
+        raise DataFormatError(f"{folder}: unreadable .npy ({type(e).__name__}: {e})") from e
+    rows = severity_rows(severity, _check_cifar10c(folder, corruption, x, y, block))
     return (ArrayDataset(x[rows], y[rows]),)
 
 # %% ../nbs/03_data.ipynb #a5674530
@@ -268,17 +382,63 @@ def load_domainnet(root: str | Path, # folder holding `domainnet/<domain>/<class
                   ) -> tuple[Dataset]:
     "One DomainNet domain as an image folder of 345 classes."
     folder = Path(root) / "domainnet" / domain
-    if download and not folder.is_dir():
-        from torchvision.datasets.utils import download_and_extract_archive
-        download_and_extract_archive(DOMAINNET_URLS[domain], str(folder.parent))
+    if download and not folder.is_dir(): _download_archive(DOMAINNET_URLS[domain], folder.parent)
     return (image_folder(folder, DOMAINNET_CLASSES),)
 
-# %% ../nbs/03_data.ipynb #5e3c6e8c
-def load_flowers102(root: str | Path, download: bool = False) -> tuple[Dataset, Dataset, Dataset]:
-    "Oxford Flowers102 from torchvision: the official train, val and test sets (1,020 / 1,020 / 6,149)."
-    from torchvision.datasets import Flowers102
-    return tuple(Flowers102(str(root), split=s, download=download) for s in ("train", "val", "test"))
+# %% ../nbs/03_data.ipynb #ee6b4dee
+class ImageFiles(Dataset):
+    "Image files and their labels, as (RGB PIL image, int) items."
+    def __init__(self, files: Sequence[str | Path], labels: Sequence[int]):
+        if len(files) != len(labels): raise DataFormatError(f"{len(files)} files but {len(labels)} labels")
+        self.files, self.labels = [Path(f) for f in files], [int(y) for y in labels]
+    def __len__(self) -> int: return len(self.files)
+    def __getitem__(self, i: int) -> tuple[Image.Image, int]:
+        with Image.open(self.files[i]) as im: return im.convert("RGB"), self.labels[i]
 
+# %% ../nbs/03_data.ipynb #d0daf543
+FLOWERS_SETS = {"train": "trnid", "val": "valid", "test": "tstid"}  # official sets: keys in setid.mat
+FLOWERS_FILES = ("jpg", "imagelabels.mat", "setid.mat")
+
+def _mat_array(path: Path, key: str) -> np.ndarray:
+    "The integer vector `key` of the MATLAB file `path`, or a `DataFormatError`."
+    from scipy.io import loadmat
+    from scipy.io.matlab import MatReadError
+    try: a = loadmat(path, squeeze_me=True).get(key)
+    except (MatReadError, ValueError, TypeError, NotImplementedError) as e:
+        raise DataFormatError(f"{path}: unreadable .mat ({type(e).__name__}: {e})") from e
+    if a is None or not np.issubdtype(np.asarray(a).dtype, np.number):
+        raise DataFormatError(f"{path}: no numeric {key!r} array")
+    return np.atleast_1d(a).astype(np.int64)
+
+# %% ../nbs/03_data.ipynb #bb8ec0df
+def _flowers_set(folder: Path, labels: np.ndarray, ids: np.ndarray) -> ImageFiles:
+    "The images `ids` (numbered from 1) of `folder/jpg` and their labels (from 0)."
+    if len(ids) and (ids.min() < 1 or ids.max() > len(labels)):
+        raise DataFormatError(f"{folder / 'setid.mat'}: image ids {ids.min()}..{ids.max()}, but "
+                              f"imagelabels.mat labels {len(labels)} images")
+    files = [folder / "jpg" / f"image_{i:05d}.jpg" for i in ids]
+    if missing := [f.name for f in files if not f.is_file()]:
+        raise DataNotFoundError(f"{folder / 'jpg'}: {len(missing)} images missing, e.g. {missing[0]}")
+    return ImageFiles(files, labels[ids - 1] - 1)
+
+def load_flowers102(root: str | Path, # folder holding `flowers-102/`
+                    download: bool = False, # fetch the official files (torchvision's download) when absent
+                   ) -> tuple[ImageFiles, ImageFiles, ImageFiles]: # the official train, val and test sets
+    "Oxford Flowers102: the official train, val and test sets (1,020 / 1,020 / 6,149), in setid.mat's order."
+    folder = Path(root) / "flowers-102"
+    if download and not folder.is_dir():
+        from torchvision.datasets import Flowers102
+        Flowers102(str(root), download=True)
+    if missing := [n for n in FLOWERS_FILES if not (folder / n).exists()]:
+        raise DataNotFoundError(f"{folder}: missing {', '.join(missing)}; expected flowers-102/"
+                                "{jpg/image_%05d.jpg,imagelabels.mat,setid.mat}")
+    labels = _mat_array(folder / "imagelabels.mat", "labels")
+    if len(labels) and (labels.min() < 1 or labels.max() > 102):
+        raise DataFormatError(f"{folder}/imagelabels.mat: labels {labels.min()}..{labels.max()}, not 1..102")
+    sets = [_mat_array(folder / "setid.mat", key) for key in FLOWERS_SETS.values()]
+    return tuple(_flowers_set(folder, labels, ids) for ids in sets)
+
+# %% ../nbs/03_data.ipynb #f7a2d1bd
 def load_pet(root: str | Path, download: bool = False) -> tuple[Dataset, Dataset]:
     "Oxford-IIIT Pet from torchvision: the official trainval and test sets (3,680 / 3,669), 37 breeds."
     from torchvision.datasets import OxfordIIITPet
@@ -430,18 +590,25 @@ class DatasetSpec:
 
 # %% ../nbs/03_data.ipynb #4a2a9f77
 _TV = "torchvision downloads it with download=True"
+_CIFAR = "python pickles, extracted from {}"
 PAPER_DATASETS = {
-    "cifar10": DatasetSpec(lambda r, d, c: load_cifar(r, 10, d), "official", 10, f"cifar-10-batches-py/ ({_TV})"),
-    "cifar100": DatasetSpec(lambda r, d, c: load_cifar(r, 100, d), "official", 100, f"cifar-100-python/ ({_TV})"),
+    "cifar10": DatasetSpec(lambda r, d, c: load_cifar(r, 10, d), "official", 10,
+        "cifar-10-batches-py/{data_batch_1..5,test_batch,batches.meta}, " + _CIFAR.format(CIFAR[10].url)),
+    "cifar100": DatasetSpec(lambda r, d, c: load_cifar(r, 100, d), "official", 100,
+        "cifar-100-python/{train,test,meta}, " + _CIFAR.format(CIFAR[100].url)),
     **{f"cifar10c-{k}": DatasetSpec(lambda r, d, c, k=k: load_cifar10c(r, k, download=d), "fixed", 10,
         f"CIFAR-10-C/{k}.npy and CIFAR-10-C/labels.npy (from {CIFAR10C_URL})") for k in CIFAR10C_CORRUPTIONS},
     **{f"domainnet-{k}": DatasetSpec(lambda r, d, c, k=k: load_domainnet(r, k, d), "fixed", DOMAINNET_CLASSES,
         f"domainnet/{k}/<class>/*.jpg, 345 classes (extract {u})") for k, u in DOMAINNET_URLS.items()},
-    "flowers102": DatasetSpec(lambda r, d, c: load_flowers102(r, d), "given", 102, f"flowers-102/ ({_TV})"),
+    "flowers102": DatasetSpec(lambda r, d, c: load_flowers102(r, d), "given", 102,
+        "flowers-102/{jpg/image_%05d.jpg,imagelabels.mat,setid.mat} "
+        f"(from https://www.robots.ox.ac.uk/~vgg/data/flowers/102/; {_TV})"),
     "pet": DatasetSpec(lambda r, d, c: load_pet(r, d), "official", 37, f"oxford-iiit-pet/ ({_TV})"),
-    "imagenet-val": DatasetSpec(lambda r, d, c: load_imagenet_val(r), "fixed", 1000, "imagenet/val/<wnid>/*.JPEG, "
-        "1,000 classes (ILSVRC2012_img_val.tar from https://image-net.org, sorted into class folders)", sample="all"),
-    "imagenette": DatasetSpec(lambda r, d, c: load_imagenette(r, d), "official", 10, f"imagenette2-320/{{train,val}}/ ({_TV})"),
+    "imagenet-val": DatasetSpec(lambda r, d, c: load_imagenet_val(r), "fixed", 1000,
+        "imagenet/val/<wnid>/*.JPEG, 1,000 classes (ILSVRC2012_img_val.tar from https://image-net.org, "
+        "sorted into class folders)", sample="all"),
+    "imagenette": DatasetSpec(lambda r, d, c: load_imagenette(r, d), "official", 10,
+        f"imagenette2-320/{{train,val}}/ ({_TV})"),
 }
 
 # %% ../nbs/03_data.ipynb #dc3c7588
@@ -466,8 +633,25 @@ def _root(spec: DatasetSpec, root, cache) -> Path | None:
     if root is not None: return Path(root).expanduser()
     return None if spec.tiny else cache_dir(cache) / "data"
 
-def dataset_transforms(name: str, img_size: int | None = None, normalize=None) -> tuple[v2.Compose, v2.Compose]:
-    "The (train, eval) transforms of `name`: the paper's (224 px, ImageNet stats) or the benchmark's (32 px, its stats)."
+# %% ../nbs/03_data.ipynb #5d2d9e6f
+def _checkpoint_stats(normalize, model: nn.Module | None):
+    "`normalize`, with 'checkpoint' replaced by `model`, whose `pretrained_cfg` holds its mean/std."
+    if not (isinstance(normalize, str) and normalize == "checkpoint"): return normalize
+    if model is None:
+        raise ValueError("normalize='checkpoint' reads the model's pretrained_cfg: pass model=<the network>")
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    if not isinstance(cfg, Mapping) or cfg.get("mean") is None or cfg.get("std") is None:
+        raise ValueError(f"normalize='checkpoint': this {type(model).__name__} has no pretrained_cfg "
+                         "mean/std; pass normalize='imagenet' or a (mean, std) pair")
+    return model
+
+def dataset_transforms(name: str, # a key of `DATASETS`
+                       img_size: int | None = None, # model input side (default 224; 32 for the benchmark)
+                       normalize: str | tuple | Mapping | nn.Module | None = None, # or "checkpoint"
+                       model: nn.Module | None = None, # whose statistics normalize="checkpoint" uses
+                      ) -> tuple[v2.Compose, v2.Compose]: # (train, eval)
+    "The (train, eval) transforms of `name`: the paper's (224 px, ImageNet stats) or the benchmark's (32 px)."
+    normalize = _checkpoint_stats(normalize, model)
     if dataset_spec(name).tiny: return tiny_transforms(img_size or TINY_IMG_SIZE, normalize or "fmnist")
     return paper_transforms(img_size or 224, normalize or "imagenet")
 
@@ -492,12 +676,14 @@ def dataset_splits(name: str, # a key of `DATASETS`
                    root: str | Path | None = None, # see `raw_parts`
                    seed: int = 0, # the run seed: draws the train/valid split
                    img_size: int | None = None, # model input side (default 224; 32 for the benchmark)
-                   normalize: str | tuple | Mapping | nn.Module | None = None, # default "imagenet"; "fmnist" for the benchmark
+                   normalize: str | tuple | Mapping | nn.Module | None = None, # see `dataset_transforms`
                    download: bool = True, cache: str | Path | None = None,
+                   fixed_split: str = "numpy", # the fixed train/test split: "numpy" (the authors') or "torch"
+                   model: nn.Module | None = None, # the model whose statistics normalize="checkpoint" uses
                   ) -> tuple[Split, Split, Split]: # train (train transform), valid and test (eval transform)
-    "The train, valid and test datasets of `name`, split as paper.md §3 says."
-    train_tfm, eval_tfm = dataset_transforms(name, img_size, normalize)
-    splits = split_parts(raw_parts(name, root, download, cache), dataset_spec(name).split, seed)
+    "The train, valid and test datasets of `name`, split by its rule (see `split_parts`)."
+    train_tfm, eval_tfm = dataset_transforms(name, img_size, normalize, model)
+    splits = split_parts(raw_parts(name, root, download, cache), dataset_spec(name).split, seed, fixed_split)
     if empty := [s for s, (_, i) in zip(("train", "valid", "test"), splits) if not i]:
         raise DataFormatError(f"{name}: the {'/'.join(empty)} split is empty: too few images to split")
     return tuple(Split(ds, idxs, tfm) for (ds, idxs), tfm in zip(splits, (train_tfm, eval_tfm, eval_tfm)))
@@ -508,35 +694,76 @@ def dataloaders(name: str, # a key of `DATASETS`
                 seed: int = 0, # the run seed: train/valid split and shuffling
                 bs: int = 64, # batch size (the paper's is 512)
                 img_size: int | None = None, # model input side (default 224; 32 for the benchmark)
-                normalize: str | tuple | Mapping | nn.Module | None = None, # see `normalization`
+                normalize: str | tuple | Mapping | nn.Module | None = None, # see `dataset_transforms`
                 num_workers: int = 0, # DataLoader worker processes
                 download: bool = True, # fetch from the official source when absent
                 cache: str | Path | None = None, # cache directory (see `cache_dir`)
+                fixed_split: str = "numpy", # the fixed train/test split: "numpy" (the authors') or "torch"
+                drop_last: bool = True, # drop the training loader's last partial batch (the authors' choice)
+                model: nn.Module | None = None, # the model whose statistics normalize="checkpoint" uses
                ) -> DataLoaders: # (train, valid, test) loaders; `dls[2]` is the test loader
     "fastai `DataLoaders` of dataset `name`: train and valid, and the test loader as `dls[2]`."
-    splits = dataset_splits(name, root, seed, img_size, normalize, download, cache)
-    dls = DataLoaders(*[DataLoader(ds, bs=bs, shuffle=k == 0, num_workers=num_workers) for k, ds in enumerate(splits)])
+    splits = dataset_splits(name, root, seed, img_size, normalize, download, cache, fixed_split, model)
+    if drop_last and len(splits[0]) < bs:
+        raise ValueError(f"{name}: the train split has {len(splits[0])} images, fewer than bs={bs}, and "
+                         "drop_last=True leaves no batch: pass a smaller bs, or drop_last=False")
+    loaders = [DataLoader(ds, bs=bs, shuffle=k == 0, drop_last=drop_last and k == 0, num_workers=num_workers)
+               for k, ds in enumerate(splits)]
+    dls = DataLoaders(*loaders)
     dls.train.rng = random.Random(seed)  # fastai draws each epoch's order from this generator
     dls.c, dls.name = DATASETS[name].n_classes, name
     return dls
 
+# %% ../nbs/03_data.ipynb #cbdd8e8a
+PAIRINGS = ("authors", "cycle_all")  # the authors' restarted drop_last loader (default), every image cycled
+
+def _check_pairing(n: int | None, batch_size: int, pairing: str) -> None:
+    "A `ValueError` unless `pairing` is one of `PAIRINGS`, `batch_size` >= 1 and `n` is None or >= 0."
+    _check_choice("pairing", pairing, PAIRINGS)
+    if batch_size < 1: raise ValueError(f"batch_size={batch_size}: a batch holds at least one image")
+    if n is not None and n < 0: raise ValueError(f"n={n}: the number of pairs cannot be negative")
+
+def pairing_idxs(idxs: Sequence[int], # the sample's items in order: a test split, or a whole folder
+                 n: int | None = None, # number of pairs (default: one pass of the loader)
+                 batch_size: int = 64, # the batch size of the authors' loader
+                 pairing: str = "authors", # one of `PAIRINGS`
+                ) -> list[int]: # the item of `idxs` paired with each of the first `n` source images
+    "The items pairs 0 .. n-1 take from `idxs`: the authors' restarted drop_last loader, or all items cycled."
+    _check_pairing(n, batch_size, pairing)
+    usable = list(idxs)
+    if pairing == "authors" and len(usable) < batch_size:
+        raise ValueError(f"the sample has {len(usable)} images, fewer than batch_size={batch_size}: the "
+                         f"authors' drop_last loader yields no batch; pass batch_size <= {len(usable)} "
+                         "or pairing='cycle_all'")
+    if pairing == "authors": usable = usable[: len(usable) - len(usable) % batch_size]
+    if not usable: raise ValueError("the sample is empty: nothing to pair")
+    return [usable[k % len(usable)] for k in range(len(usable) if n is None else n)]
+
 # %% ../nbs/03_data.ipynb #1c8c499b
 def plasticity_sample(name: str, # a key of `DATASETS`
-                      n: int | None = None, # number of images, cycling the split if it is shorter (default its length)
+                      n: int | None = None, # number of pairs (default: one pass, see `pairing_idxs`)
                       root: str | Path | None = None, img_size: int | None = None,
-                      normalize: str | tuple | Mapping | nn.Module | None = None,
+                      normalize: str | tuple | Mapping | nn.Module | None = None, # see `dataset_transforms`
                       download: bool = True, cache: str | Path | None = None,
+                      batch_size: int = 64, # batch size of the authors' loader (the paper: 64 for ViT-B)
+                      pairing: str = "authors", # "authors" (drop_last loader, restarted) or "cycle_all"
+                      fixed_split: str = "numpy", # the fixed split: "numpy" (the authors') or "torch"
+                      model: nn.Module | None = None, # the model whose statistics normalize="checkpoint" uses
                      ) -> Split: # n (image, label) items, eval transform, in order
-    "The unshuffled plasticity-analysis sample of `name`: its test split (all images for imagenet-val), cycled to `n`."
-    spec, (_, eval_tfm) = dataset_spec(name), dataset_transforms(name, img_size, normalize)
+    "The unshuffled plasticity-analysis sample of `name`: its test split (imagenet-val: all images), paired."
+    _check_pairing(n, batch_size, pairing)  # before reading anything
+    spec, (_, eval_tfm) = dataset_spec(name), dataset_transforms(name, img_size, normalize, model)
     parts = raw_parts(name, root, download, cache)
-    base, idxs = (parts[0], range(len(parts[0]))) if spec.sample == "all" else split_parts(parts, spec.split, 0)[2]
-    return Split(base, [idxs[k % len(idxs)] for k in range(n or len(idxs))], eval_tfm)
+    if spec.sample == "all": base, idxs = parts[0], range(len(parts[0]))
+    else: base, idxs = split_parts(parts, spec.split, 0, fixed_split)[2]
+    try: order = pairing_idxs(idxs, n, batch_size, pairing)
+    except ValueError as e: raise ValueError(f"{name} ({spec.sample} sample): {e}") from None
+    return Split(base, order, eval_tfm)
 
 # %% ../nbs/03_data.ipynb #e91aa840
 def plasticity_images(name: str, # a key of `DATASETS`
                       n: int | None = None, # number of images (see `plasticity_sample`)
-                      **kwargs, # passed to `plasticity_sample`: root, img_size, normalize, download, cache
+                      **kwargs, # passed to `plasticity_sample`: root, normalize, batch_size, pairing, ...
                      ) -> torch.Tensor: # (n, C, H, W) float32
     "The plasticity-analysis sample of `name` as one tensor of eval-transformed images."
     ds = plasticity_sample(name, n, **kwargs)
