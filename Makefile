@@ -36,7 +36,7 @@ test: install data sync-check nbtest pytest
 # The offline study: every run of the `demo` grid not yet complete (two at a time), then the report. Running it
 # again finetunes nothing and only re-renders the report; it exits non-zero if a run failed.
 demo: install data
-	@$(BIN)/vitp grid run demo --jobs 2; status=$$?; $(BIN)/vitp report demo && exit $$status
+	@$(BIN)/vitp grid run demo --jobs 2 --rerun-stale; status=$$?; $(BIN)/vitp report demo && exit $$status
 
 readme: install
 	$(PY) scripts/make_readme.py

@@ -81,4 +81,4 @@ def test_killed_tasks_are_recorded_with_slurms_reason_and_a_rerun_resumes(slurm_
                    progress=False)
     assert sorted(out.values()) == ["done", "done", "skipped", "skipped"]
     assert (root / ids["none0.1"] / "DONE").read_text() == done_before
-    assert set(grid_status(spec, root).values()) == {"done"}
+    assert set(grid_status(spec, root, notebooks=nbs).values()) == {"done"}

@@ -57,9 +57,12 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--executor", choices=("local", "slurm"), default="local")
     run.add_argument("--dry-run", action="store_true", help="print the plan (and the sbatch settings) and exit")
     run.add_argument("--retry-failed", action="store_true", help="run failed runs again")
+    run.add_argument("--rerun-stale", action="store_true", help="redo done runs whose code is not the current code")
     _slurm_args(run)
     _plan_args(grid.add_parser("status", help="count done, failed, partial and missing runs; exit 1 unless all done"))
-    _plan_args(sub.add_parser("report", help="tables, figures and report.md of a grid"))
+    rep = sub.add_parser("report", help="tables, figures and report.md of a grid")
+    _plan_args(rep)
+    rep.add_argument("--out", default=None, help="folder to write the report to (default <runs of the grid>/report)")
     return p
 
 # %% ../nbs/10_cli.ipynb #6808b11e
@@ -82,9 +85,9 @@ def sbatch_preview(spec: dict, runs: list, root: Path, overrides: dict, rehearse
 def status_table(statuses: dict[str, str]) -> str:
     "Counts of run statuses, and the ids of failed and unfinished runs."
     counts = Counter(statuses.values())
-    kinds = ("done", "failed", "partial", "missing", "locked", "skipped", "submitted")
+    kinds = ("done", "stale", "failed", "partial", "missing", "locked", "blocked", "abandoned", "skipped", "submitted")
     lines = [f"{k:<10}{counts[k]:>6}" for k in kinds if counts.get(k)]
-    bad = [f"  {s:<8}{i}" for i, s in statuses.items() if s in ("failed", "partial")]
+    bad = [f"  {s:<9}{i}" for i, s in statuses.items() if s in ("failed", "partial", "blocked", "abandoned")]
     return "\n".join(lines + (["unfinished or failed:"] + bad[:50] if bad else []))
 
 def plan_flags(args) -> str:
@@ -129,7 +132,8 @@ def _run(args, spec: dict, argv: list[str]) -> int:
         if args.executor == "slurm": print(sbatch_preview(spec, runs, root, _slurm_overrides(args), args.rehearse))
         return 0
     out = run_grid(spec, jobs=args.jobs, devices=args.devices, executor=args.executor,
-                   retry_failed=args.retry_failed, slurm=_slurm_overrides(args), wait=not args.no_wait, **kw)
+                   retry_failed=args.retry_failed, slurm=_slurm_overrides(args), wait=not args.no_wait,
+                   rerun_stale=args.rerun_stale, **kw)
     print(status_table(out))
     if args.no_wait and args.executor == "slurm": return 0
     final = grid_status(spec, **kw)  # runs skipped now may have failed before: they count too
@@ -143,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     from vit_plasticity.grid import GridSpecError, grid_status, load_spec
     from vit_plasticity.preflight import PreflightError
-    from vit_plasticity.runs import RunsDirError
+    from vit_plasticity.runs import GridInterrupted, RunsDirError
     try:
         spec = load_spec(args.spec)
         if args.command == "grid" and args.action == "run": return _run(args, spec, argv)
@@ -152,10 +156,16 @@ def main(argv: list[str] | None = None) -> int:
             print(status_table(statuses))
             return int(any(s != "done" for s in statuses.values()))
         from vit_plasticity.analysis import write_report
-        report = write_report(args.spec, args.root, rehearse=args.rehearse, sample=args.sample)
+        report = write_report(args.spec, args.root, rehearse=args.rehearse, sample=args.sample,
+                              **({"out": args.out} if args.out else {}))
         print(headline_text(report.parent))
         print(f"report: {report}")
         return 0
     except (GridSpecError, RunsDirError, PreflightError, ValueError) as e:  # refused before work: no traceback
         print(f"vitp: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as e:  # Ctrl-C: what happened, and that the same command resumes
+        if isinstance(e, GridInterrupted): print(status_table(e.outcomes))
+        print(f"vitp: {getattr(e, 'message', 'interrupted before any run started')}; "
+              "run the same command again to resume", file=sys.stderr)
+        return 130

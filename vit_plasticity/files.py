@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 # %% auto #0
-__all__ = ['atomic_write']
+__all__ = ['atomic_write', 'move_into_place']
 
 # %% ../nbs/00a_files.ipynb #eaa58806
 def _fsync_dir(folder: Path) -> None:
@@ -43,3 +43,12 @@ def atomic_write(path: str | Path, # the file to write (its folder is created if
         Path(tmp).unlink(missing_ok=True); raise
     _fsync_dir(path.parent)
     return path
+
+# %% ../nbs/00a_files.ipynb #fe4798d5
+def move_into_place(src: str | Path, dst: str | Path) -> Path:
+    "Flush the finished file `src` to disk and rename it to `dst` atomically (same folder)."
+    src, dst = Path(src), Path(dst)
+    with open(src, "rb+") as f: os.fsync(f.fileno())
+    os.replace(src, dst)
+    _fsync_dir(dst.parent)
+    return dst

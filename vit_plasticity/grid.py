@@ -4,7 +4,7 @@
 
 # %% ../nbs/08_grid.ipynb #b7d03f59
 from __future__ import annotations
-import fcntl, hashlib, itertools, json, os, queue, re, sys
+import fcntl, hashlib, itertools, json, math, os, queue, re, signal, sys, threading, weakref
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,12 +17,16 @@ from .preflight import PreflightError, preflight, resolve_devices
 from .rehearsal import REHEARSAL_SLURM, prepare_rehearsal, rehearsal_data_root, rehearsal_root
 from .rehearsal import rehearse_runs, sample_runs
 from .slurm import SlurmConfigError, check_slurm_block, run_slurm, slurm_settings
-from .runs import atomic_write_json, atomic_write_text, check_writable, clear_run, record_failure, run_status, runs_root, DONE
+from .files import move_into_place
+from .runs import DONE, LAUNCHED_ENV, NOTEBOOK_SHA_ENV, GridInterrupted, RunFolderError
+from .runs import atomic_write_json, atomic_write_text, check_writable, clear_run, library_sha, mark_done
+from .runs import notebook_sha, record_failure, run_status, runs_root
 
 # %% auto #0
 __all__ = ['KINDS', 'GridSpecError', 'grids_dir', 'notebooks_dir', 'load_spec', 'validate_spec', 'Run', 'expand', 'notebook_for',
-           'check_params', 'check_names', 'RunLock', 'bind_to_parent', 'run_kernel_manager', 'execute_run', 'grid_root',
-           'plan', 'grid_status', 'run_local', 'slurm_plan_settings', 'run_grid']
+           'check_params', 'check_names', 'check_values', 'RunLock', 'bind_to_parent', 'run_kernel_manager',
+           'current_code', 'run_state', 'execute_run', 'grid_root', 'plan', 'grid_status', 'run_local',
+           'slurm_plan_settings', 'run_grid']
 
 # %% ../nbs/08_grid.ipynb #01bd7fd4
 KINDS = ("plasticity", "bounds", "finetune", "linear_probe")  # one experiment notebook each
@@ -43,15 +47,32 @@ def notebooks_dir() -> Path:
     return Path(vit_plasticity.__file__).resolve().parents[1] / "nbs" / "experiments"
 
 # %% ../nbs/08_grid.ipynb #a26e00de
+class _UniqueKeyLoader(yaml.SafeLoader):
+    "YAML's safe loader, refusing a key given twice in one mapping (plain YAML keeps the last, silently)."
+    def construct_mapping(self, node, deep=False):
+        keys = [self.construct_object(k, deep=deep) for k, _ in node.value]
+        if dup := sorted({str(k) for k in keys if keys.count(k) > 1}):
+            raise yaml.constructor.ConstructorError(None, None, f"key(s) {dup} given twice", node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+def _read_yaml(path: Path) -> object:
+    "The YAML document in `path`, or a `GridSpecError` saying what is wrong with the file."
+    if path.is_dir(): raise GridSpecError(f"{path} is a folder, not a grid file: pass a grid's .yaml file or name")
+    try: text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise GridSpecError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start}; a UTF-16 file?): "
+                            "save it as UTF-8") from e
+    except OSError as e: raise GridSpecError(f"cannot read {path}: {e.strerror or e}") from e
+    try: return yaml.load(text, Loader=_UniqueKeyLoader)
+    except yaml.YAMLError as e: raise GridSpecError(f"{path} is not valid YAML: {e}") from e
+
 def load_spec(spec: str | Path) -> dict:
     "Read a grid specification: a committed grid's name (see `grids_dir`) or a path to a YAML file."
     path = Path(spec) if str(spec).endswith((".yaml", ".yml")) else grids_dir() / f"{spec}.yaml"
     if not path.exists():
         known = sorted(p.stem for p in grids_dir().glob("*.yaml"))
         raise GridSpecError(f"no grid {spec!r}: known grids are {known}, or pass a path to a .yaml file")
-    try: spec_d = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e: raise GridSpecError(f"{path} is not valid YAML: {e}") from e
-    return validate_spec(spec_d, where=str(path))
+    return validate_spec(_read_yaml(path), where=str(path))
 
 # %% ../nbs/08_grid.ipynb #df899096
 def _check_block(b, defaults: dict, at: str) -> None:
@@ -150,15 +171,17 @@ def _check_dataset(name: str) -> None:
     dataset_spec(name)
 
 def _check_model(name: str) -> None:
-    from vit_plasticity.models import resolve_name
-    resolve_name(name)
+    from vit_plasticity import models
+    (getattr(models, "check_model_name", None) or models.resolve_name)(name)  # a supported ViT, not only a name
 
 def _check_configuration(train: str) -> None:
     from vit_plasticity.components import CONFIGURATIONS
     if bad := [t for t in str(train).split(",") if t not in CONFIGURATIONS]:
-        raise ValueError(f"unknown configuration(s) {bad}; valid: {', '.join(CONFIGURATIONS)}, or several joined by commas")
+        raise ValueError(f"unknown configuration(s) {bad}; valid: {', '.join(CONFIGURATIONS)}, "
+                         "or several joined by commas")
 
-_NAME_CHECKS = {"dataset": _check_dataset, "source": _check_dataset, "model": _check_model, "train": _check_configuration}
+_NAME_CHECKS = {"dataset": _check_dataset, "source": _check_dataset, "model": _check_model,
+                "train": _check_configuration}
 
 def check_names(runs: list[Run]) -> None:
     "Raise `GridSpecError` if a run names a dataset, model or configuration the library does not know."
@@ -166,8 +189,27 @@ def check_names(runs: list[Run]) -> None:
     for r in runs:
         for k in _NAME_CHECKS.keys() & r.params.keys():
             if (k, r.params[k]) in seen: continue
-            try: _NAME_CHECKS[k](r.params[k]); seen.add((k, r.params[k]))
+            try: _NAME_CHECKS[k](r.params[k])
             except ValueError as e: raise GridSpecError(f"run {r.id}: {k}: {e}; fix the grid file") from e
+            seen.add((k, r.params[k]))
+
+# %% ../nbs/08_grid.ipynb #783af46c
+_AT_LEAST = {"n_steps": 1, "eval_period": 1, "batch_size": 1, "grad_accum": 1, "n_pairs": 1, "n_images": 1,
+             "warmup_steps": 0, "seed": 0}  # integer parameters and their smallest sensible value
+
+def _value_error(key: str, value) -> str | None:
+    "Why `value` makes no sense for parameter `key`, or None."
+    if key == "lr" and not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+        return f"lr={value!r} must be a positive, finite number"
+    if key in _AT_LEAST and isinstance(value, int) and not isinstance(value, bool) and value < _AT_LEAST[key]:
+        return f"{key}={value!r} must be at least {_AT_LEAST[key]}"
+    return None
+
+def check_values(runs: list[Run]) -> None:
+    "Raise `GridSpecError` naming the run, the value and the fix if a run sets a value that makes no sense."
+    for r in runs:
+        if bad := [e for k, v in r.params.items() if (e := _value_error(k, v))]:
+            raise GridSpecError(f"run {r.id}: {'; '.join(bad)}; fix the grid file")
 
 # %% ../nbs/08_grid.ipynb #681f049c
 class RunLock:
@@ -191,35 +233,86 @@ def bind_to_parent(cmd: list[str], parent: int | None = None) -> list[str]:
     return [sys.executable, "-S", "-c", _GUARD, str(parent or os.getpid()), *cmd]
 
 # %% ../nbs/08_grid.ipynb #a3c17124
-def run_kernel_manager(lock_fd: int) -> type:
-    "A kernel manager class whose kernels hold the run's lock (`lock_fd`) and die with this process."
+_KERNELS = weakref.WeakSet()  # the kernel managers of the runs in flight: a second Ctrl-C stops their kernels
+_ABANDON = threading.Event()  # set by a second Ctrl-C: runs in flight are abandoned, left partial, not failed
+
+def run_kernel_manager(lock_fd: int, env: dict | None = None) -> type:
+    "A kernel manager class whose kernels hold the run's lock (`lock_fd`), get `env` and die with this process."
     from jupyter_client import AsyncKernelManager
     class RunKernelManager(AsyncKernelManager):
-        def format_kernel_cmd(self, extra_arguments=None) -> list[str]:  # errors only: not a TCP warning per run
-            return bind_to_parent([*super().format_kernel_cmd(extra_arguments), "--IPKernelApp.log_level=ERROR"])
+        def format_kernel_cmd(self, extra_arguments=None) -> list[str]:  # no log lines but failures of the kernel
+            return bind_to_parent([*super().format_kernel_cmd(extra_arguments), "--IPKernelApp.log_level=CRITICAL"])
         async def start_kernel(self, **kw):
+            _KERNELS.add(self)
+            kw["env"] = {**(kw.get("env") or os.environ), **(env or {})}
             return await super().start_kernel(**{**kw, "pass_fds": (*kw.get("pass_fds", ()), lock_fd)})
     return RunKernelManager
 
+def _kill_kernels() -> None:
+    "SIGKILL every kernel of a run in flight (the runs stay partial and are redone next time)."
+    for km in list(_KERNELS):
+        pid = getattr(getattr(km, "provisioner", None), "pid", None)
+        if pid:
+            try: os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError: pass
+
 # %% ../nbs/08_grid.ipynb #bcd33797
+def _keep_notebook(partial: Path, run_dir: Path) -> None:
+    "The executed notebook, whole, under its final name (when papermill got to write it)."
+    if partial.is_file(): move_into_place(partial, run_dir / "notebook.ipynb")
+
+def _fail(run_dir: Path, partial: Path, err: BaseException | str) -> str:
+    "Record a failed run, keeping its notebook; if even that cannot be written (a full disk), say so: it stays partial."
+    try:
+        _keep_notebook(partial, run_dir)
+        record_failure(run_dir, err)
+    except OSError as e:
+        tqdm.write(f"vitp: cannot record the failure of {run_dir.name} ({e.strerror or e}): left partial, redone next time")
+    return "failed"
+
+def _finish(run_dir: Path, partial: Path) -> str:
+    "After a notebook ran through: its notebook in place, then (if it wrote its metrics) `DONE`, last."
+    try:
+        _keep_notebook(partial, run_dir)
+        if not (run_dir / "metrics.json").is_file():
+            return _fail(run_dir, partial, "the notebook ended without writing its metrics (finish_run)")
+        mark_done(run_dir)
+    except OSError as e: return _fail(run_dir, partial, e)
+    return run_status(run_dir)
+
+# %% ../nbs/08_grid.ipynb #97c442b0
+def current_code(kind: str, notebooks: str | Path | None = None) -> dict:
+    "The digests a run of `kind` records: the library's and its experiment notebook's."
+    return dict(library_sha=library_sha(), notebook_sha=notebook_sha(notebook_for(kind, notebooks)))
+
+def run_state(run_dir: Path, code: dict) -> str:
+    "`run_status`, and 'stale' for a done run whose recorded code is not `code` (or unknown)."
+    status = run_status(run_dir)
+    if status != "done": return status
+    try: recorded = json.loads((run_dir / "env.json").read_text(encoding="utf-8")).get("code") or {}
+    except (OSError, ValueError, AttributeError): recorded = {}
+    return "done" if all(recorded.get(k) == v for k, v in code.items()) else "stale"
+
+# %% ../nbs/08_grid.ipynb #f773cfd2
 def execute_run(run: Run, root: str | Path, device: str = "cpu", notebooks: str | Path | None = None,
-                retry_failed: bool = False) -> str:
-    "Execute `run` under `root` unless done or locked; returns 'skipped', 'locked', 'done' or 'failed'."
+                retry_failed: bool = False, rerun_stale: bool = False) -> str:
+    "Execute `run` under `root` unless done, stale or locked; 'skipped', 'locked', 'done', 'failed' or 'abandoned'."
     import papermill as pm
-    run_dir = Path(root) / run.id
+    run_dir, notebook = Path(root) / run.id, notebook_for(run.kind, notebooks)
     with RunLock(run_dir) as lock:
         if not lock.acquired: return "locked"
-        status = run_status(run_dir)
-        if status == "done" or (status == "failed" and not retry_failed): return "skipped"
-        clear_run(run_dir)  # what a killed or failed attempt left
+        status = run_state(run_dir, current_code(run.kind, notebooks))
+        if status == "done" or (status, retry_failed) == ("failed", False) or (status, rerun_stale) == ("stale", False):
+            return "skipped"
+        clear_run(run_dir)  # what a killed or failed attempt left, moved aside (`RunFolderError` if it cannot be)
+        partial, env = run_dir / ".notebook.partial.ipynb", {LAUNCHED_ENV: "1", NOTEBOOK_SHA_ENV: notebook_sha(notebook)}
         try:
-            pm.execute_notebook(str(notebook_for(run.kind, notebooks)), str(run_dir / "notebook.ipynb"),
-                                parameters={**run.params, "run_dir": str(run_dir), "device": device}, progress_bar=False,
-                                kernel_name="python3", kernel_manager_class=run_kernel_manager(lock.fd))
+            pm.execute_notebook(str(notebook), str(partial), progress_bar=False, kernel_name="python3",
+                                parameters={**run.params, "run_dir": str(run_dir), "device": device},
+                                kernel_manager_class=run_kernel_manager(lock.fd, env))
         except Exception as e:
-            record_failure(run_dir, e); return "failed"
-        if run_status(run_dir) == "partial": record_failure(run_dir, "the notebook ended without writing its metrics (finish_run)")
-        return run_status(run_dir)
+            return "abandoned" if _ABANDON.is_set() else _fail(run_dir, partial, e)
+        return _finish(run_dir, partial)
 
 # %% ../nbs/08_grid.ipynb #b5f17708
 def grid_root(spec: dict, root: str | Path | None = None) -> Path:
@@ -239,10 +332,11 @@ def plan(spec: dict | str | Path, # a grid: its name, a YAML path, or the loaded
     return runs, grid_root(spec, root)
 
 def grid_status(spec: dict | str | Path, root: str | Path | None = None, rehearse: bool = False,
-                sample: int | None = None) -> dict[str, str]:
-    "Status of every run of a grid's plan, by run id: done, failed, partial or missing."
+                sample: int | None = None, notebooks: str | Path | None = None) -> dict[str, str]:
+    "Status of every run of a grid's plan, by run id: done, stale, failed, partial or missing."
     runs, root = plan(spec, root, rehearse, sample)
-    return {r.id: run_status(root / r.id) for r in runs}
+    code = {k: current_code(k, notebooks) for k in {r.kind for r in runs}}
+    return {r.id: run_state(root / r.id, code[r.kind]) for r in runs}
 
 # %% ../nbs/08_grid.ipynb #942613d5
 def _device_slots(devices: list[str], jobs: int | None) -> queue.Queue:
@@ -252,23 +346,44 @@ def _device_slots(devices: list[str], jobs: int | None) -> queue.Queue:
     return slots
 
 # %% ../nbs/08_grid.ipynb #273b48ba
+def _stop_now(futures: dict, outcomes: dict) -> GridInterrupted:
+    "A second Ctrl-C: kill the kernels of the runs in flight (left partial, redone next time) and collect them."
+    _ABANDON.set()
+    _kill_kernels()
+    for f, r in futures.items():
+        if not f.cancelled(): outcomes.setdefault(r.id, "abandoned")
+    return GridInterrupted(outcomes, "stopped: the runs in flight were abandoned, their folders left partial")
+
+def _on_ctrl_c(futures: dict, outcomes: dict, collect) -> GridInterrupted:
+    "A first Ctrl-C: start no new run, let those in flight finish (a second Ctrl-C stops them at once)."
+    flying = [r.id for f, r in futures.items() if f.running()]
+    for f in futures: f.cancel()
+    tqdm.write(f"\nCtrl-C: no new run starts; waiting for the {len(flying)} run(s) in flight to finish "
+               f"({', '.join(flying)}). Ctrl-C again to stop them now.")
+    try:
+        for f in as_completed([f for f in futures if not f.cancelled()]): collect(f)
+    except KeyboardInterrupt: return _stop_now(futures, outcomes)
+    return GridInterrupted(outcomes, f"stopped after the {len(flying)} run(s) in flight")
+
 def run_local(runs: list[Run], root: Path, devices: list[str] = ("cpu",), jobs: int | None = None,
-              notebooks: str | Path | None = None, retry_failed: bool = False, progress: bool = True) -> dict[str, str]:
-    "Execute `runs` on this machine, one worker per device slot; returns each run's outcome."
+              notebooks: str | Path | None = None, retry_failed: bool = False, progress: bool = True,
+              rerun_stale: bool = False) -> dict[str, str]:
+    "Execute `runs` on this machine, one worker per device slot; each run's outcome. Ctrl-C: `GridInterrupted`."
     slots, outcomes = _device_slots(list(devices), jobs), {}
     def work(run):
         device = slots.get()
-        try: return execute_run(run, root, device, notebooks, retry_failed)
+        try: return execute_run(run, root, device, notebooks, retry_failed, rerun_stale)
+        except RunFolderError as e: tqdm.write(f"vitp: {e}"); return "blocked"
         finally: slots.put(device)
+    _ABANDON.clear()
     with ThreadPoolExecutor(slots.qsize()) as pool, tqdm(total=len(runs), desc=root.name, disable=not progress) as bar:
+        def collect(f):
+            outcomes[futures[f].id] = f.result(); bar.update()
+            bar.set_postfix({k: sum(v == k for v in outcomes.values()) for k in ("done", "failed", "skipped")})
         futures = {pool.submit(work, r): r for r in runs}
         try:
-            for f in as_completed(futures):
-                outcomes[futures[f].id] = f.result(); bar.update()
-                bar.set_postfix({k: sum(v == k for v in outcomes.values()) for k in ("done", "failed", "skipped")})
-        except KeyboardInterrupt:
-            for f in futures: f.cancel()  # start no new run; those in flight finish
-            raise
+            for f in as_completed(futures): collect(f)
+        except KeyboardInterrupt: raise _on_ctrl_c(futures, outcomes, collect) from None
     return outcomes
 
 # %% ../nbs/08_grid.ipynb #594adf8d
@@ -298,6 +413,7 @@ def run_grid(spec: dict | str | Path, # a grid: its name, a YAML path, or the lo
              sample: int | None = None, # a stratified sample of this many runs
              slurm: dict | None = None, # SLURM settings over the grid's slurm block (see the slurm notebook)
              wait: bool = True, # SLURM: wait for the tasks (False: return once submitted)
+             rerun_stale: bool = False, # redo done runs whose recorded code is not the current code
              cluster: str = "slurm", # submitit's cluster ("local": SLURM's path without SLURM, for tests)
              progress: bool = True) -> dict[str, str]:
     "Plan, check and execute a grid; every check (names, folder, devices, models, data) comes before any run."
@@ -307,12 +423,14 @@ def run_grid(spec: dict | str | Path, # a grid: its name, a YAML path, or the lo
     runs, root = plan(spec, root, rehearse, sample)
     check_params(runs, notebooks)
     check_names(runs)
+    check_values(runs)
     if dry_run: return {r.id: "planned" for r in runs}
     check_writable(root)
     if rehearse: runs = prepare_rehearsal(runs)[0]  # synthetic copies of the datasets, generated once
     local = resolve_devices(devices) if executor == "local" else []
     preflight(runs, local, progress=progress)
-    if executor == "local": return run_local(runs, root, local, jobs, notebooks, retry_failed, progress)
+    if executor == "local": return run_local(runs, root, local, jobs, notebooks, retry_failed, progress, rerun_stale)
     device = "auto" if devices == "auto" else resolve_devices(devices)[0]
     return run_slurm(runs, root, settings, execute_run, notebooks, retry_failed, device, f"vitp-{spec['name']}",
-                     cluster, wait, poll_s=10.0 if cluster == "slurm" else 0.5, progress=progress)
+                     cluster, wait, poll_s=10.0 if cluster == "slurm" else 0.5, progress=progress,
+                     rerun_stale=rerun_stale, state=lambda r: run_state(root / r.id, current_code(r.kind, notebooks)))

@@ -4,20 +4,21 @@
 
 # %% ../nbs/07_runs.ipynb #863ea95a
 from __future__ import annotations
-import json, os, platform, shutil, subprocess, sys, tempfile
+import hashlib, json, os, platform, shutil, subprocess, sys, tempfile
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import vit_plasticity
-from .files import atomic_write  # temporary file, flush, rename (files notebook)
+from .files import atomic_write, move_into_place  # temporary file, flush, rename (files notebook)
 if TYPE_CHECKING: import pandas as pd  # a type only: `vitp grid status` never imports pandas
 
 # %% auto #0
-__all__ = ['DONE', 'runs_root', 'RunsDirError', 'check_writable', 'atomic_write_text', 'atomic_write_json', 'git_commit',
-           'compute_info', 'env_info', 'start_run', 'finish_run', 'run_status', 'record_failure', 'clear_run',
-           'read_run']
+__all__ = ['NOTEBOOK_SHA_ENV', 'DONE', 'LAUNCHED_ENV', 'runs_root', 'RunsDirError', 'check_writable', 'atomic_write_text',
+           'atomic_write_json', 'git_commit', 'compute_info', 'library_sha', 'notebook_sha', 'code_version', 'env_info',
+           'start_run', 'file_sha', 'mark_done', 'finish_run', 'run_status', 'record_failure', 'RunFolderError',
+           'clear_run', 'GridInterrupted', 'read_run']
 
 # %% ../nbs/07_runs.ipynb #3cc4d0be
 def runs_root() -> Path:
@@ -77,19 +78,38 @@ def compute_info(device: str = "cpu") -> dict:
                 thread_env={k: os.environ.get(k) for k in _THREAD_VARS}, cuda=torch.version.cuda,
                 cudnn=cudnn, gpu=gpu, cpu_count=os.cpu_count())
 
+NOTEBOOK_SHA_ENV = "VITP_NOTEBOOK_SHA"  # set by the launcher in each kernel: the digest of the experiment notebook
+
+def library_sha() -> str:
+    "SHA-1 of the library's source (every `vit_plasticity/*.py`, by name and content): the code a run ran."
+    h = hashlib.sha1()
+    for f in sorted(Path(vit_plasticity.__file__).resolve().parent.glob("*.py")):
+        h.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()
+
+def notebook_sha(path: str | Path) -> str:
+    "SHA-1 of a notebook's code and markdown (outputs and metadata left out): the experiment a run executed."
+    cells = json.loads(Path(path).read_text(encoding="utf-8"))["cells"]
+    return hashlib.sha1(json.dumps([(c["cell_type"], "".join(c["source"])) for c in cells]).encode()).hexdigest()
+
+def code_version() -> dict:
+    "The version of the code running here: git commit, library digest and (under the launcher) notebook digest."
+    return dict(git_commit=git_commit(), library_sha=library_sha(), notebook_sha=os.environ.get(NOTEBOOK_SHA_ENV))
+
 def env_info(device: str = "cpu") -> dict:
-    "Package versions, git commit, device, threads, CUDA/cuDNN/GPU, host, SLURM job and Python of this process."
+    "Package versions, code version, device, threads, CUDA/cuDNN/GPU, host, SLURM job and Python of this process."
     def version(p):
         try: return metadata.version(p)
         except metadata.PackageNotFoundError: return None
     slurm = {k: os.environ[k] for k in _SLURM_VARS if k in os.environ}
-    return dict(packages={p: version(p) for p in _PACKAGES}, git_commit=git_commit(), device=str(device),
+    return dict(packages={p: version(p) for p in _PACKAGES}, code=code_version(), device=str(device),
                 **compute_info(device), slurm=slurm or None, python=sys.version.split()[0],
                 platform=platform.platform(), host=platform.node(),
                 started=datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
 # %% ../nbs/07_runs.ipynb #684e1925
-DONE = "DONE"  # the completion marker, written last
+DONE = "DONE"  # the completion marker, written last: a manifest of the folder's files
+LAUNCHED_ENV = "VITP_LAUNCHED"  # set by the launcher in each kernel: the launcher marks the run done, not the notebook
 
 def start_run(run_dir: str | Path, params: dict, device: str = "cpu") -> Path:
     "Create `run_dir` and record the run's parameters and environment; clears a stale completion marker."
@@ -100,20 +120,41 @@ def start_run(run_dir: str | Path, params: dict, device: str = "cpu") -> Path:
     return run_dir
 
 # %% ../nbs/07_runs.ipynb #c2b5aad5
+def file_sha(path: str | Path) -> str:
+    "SHA-1 of a file's bytes."
+    with open(path, "rb") as f: return hashlib.file_digest(f, "sha1").hexdigest()
+
+def mark_done(run_dir: str | Path) -> Path:
+    "Write the completion marker, last: every file of the folder (hidden ones aside) with its digest."
+    run_dir = Path(run_dir)
+    files = sorted(p.name for p in run_dir.iterdir() if p.is_file() and p.name != DONE and not p.name.startswith("."))
+    manifest = dict(finished=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                    files={f: file_sha(run_dir / f) for f in files})
+    return atomic_write_json(run_dir / DONE, manifest)
+
 def finish_run(run_dir: str | Path, metrics: dict, history: pd.DataFrame | None = None) -> Path:
-    "Write the history and metrics, then the completion marker, last."
+    "Write the history and metrics, then (unless a launcher will, once the notebook is saved) the marker, last."
     run_dir = Path(run_dir)
     if history is not None: atomic_write_text(run_dir / "history.csv", history.to_csv(index=False))
     atomic_write_json(run_dir / "metrics.json", metrics)
-    atomic_write_text(run_dir / DONE, datetime.now(timezone.utc).isoformat(timespec="seconds") + "\n")
+    if not os.environ.get(LAUNCHED_ENV): mark_done(run_dir)
     return run_dir
 
 # %% ../nbs/07_runs.ipynb #33e05c4c
+def _manifest_intact(run_dir: Path) -> bool:
+    "Whether every file the completion marker lists is there with the digest it had (old plain markers: True)."
+    try: manifest = json.loads((run_dir / DONE).read_text(encoding="utf-8"))
+    except ValueError: return True  # a marker of before the manifests: a time stamp
+    except OSError: return False
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict): return False
+    try: return all(file_sha(run_dir / f) == sha for f, sha in manifest["files"].items())
+    except OSError: return False
+
 def run_status(run_dir: str | Path) -> str:
-    "'done' (marker and readable metrics), 'failed' (metrics say so), 'partial' (started, unfinished) or 'missing'."
+    "'done' (marker, intact files, readable metrics), 'failed' (metrics say so), 'partial' or 'missing'."
     run_dir = Path(run_dir)
     if not run_dir.exists(): return "missing"
-    if not (run_dir / DONE).exists(): return "partial"
+    if not (run_dir.is_dir() and (run_dir / DONE).is_file() and _manifest_intact(run_dir)): return "partial"
     try: metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
     except (OSError, ValueError): return "partial"  # no metrics, or unreadable ones: not done
     if not isinstance(metrics, dict): return "partial"
@@ -133,19 +174,48 @@ def record_failure(run_dir: str | Path, err: BaseException | str) -> None:
     "Mark a run as failed with its error, keeping whatever it wrote (the executed notebook included)."
     run_dir = Path(run_dir)
     atomic_write_json(run_dir / "metrics.json", dict(status="failed", error=_error_text(err), notebook="notebook.ipynb"))
-    atomic_write_text(run_dir / DONE, "failed\n")
+    mark_done(run_dir)
 
 # %% ../nbs/07_runs.ipynb #34ab1253
+class RunFolderError(OSError):
+    "A run folder that cannot be cleared or created: the message names it and the fix."
+
+def _remove(path: Path) -> None:
+    "Delete a file or folder tree if it is there, as far as possible."
+    if path.is_dir() and not path.is_symlink(): shutil.rmtree(path, ignore_errors=True)
+    else: path.unlink(missing_ok=True)
+
 def clear_run(run_dir: str | Path) -> Path:
-    "Empty a run folder (what a killed or failed attempt left) so that the next attempt starts clean."
+    "Empty a run folder (what a killed or failed attempt left): moved aside first, so a failure loses nothing."
     run_dir = Path(run_dir)
-    if run_dir.exists(): shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True)
+    if run_dir.exists() or run_dir.is_symlink():
+        aside = run_dir.with_name(f".{run_dir.name}.cleared-{os.getpid()}")
+        _remove(aside)  # what an earlier clearing by this process left
+        try: os.replace(run_dir, aside)
+        except OSError as e:
+            raise RunFolderError(f"cannot clear the run folder {run_dir} ({e.strerror or e}): its files are intact; "
+                                 "move or delete it by hand, then run the grid again") from e
+        _remove(aside)
+    try: run_dir.mkdir(parents=True)
+    except OSError as e:
+        raise RunFolderError(f"cannot create the run folder {run_dir} ({e.strerror or e}); "
+                             "make its parent writable, or point VITP_RUNS (or --root) elsewhere") from e
     return run_dir
+
+# %% ../nbs/07_runs.ipynb #25c6400b
+class GridInterrupted(KeyboardInterrupt):
+    "Ctrl-C during a grid: `outcomes` of the runs so far, and what happened to those in flight (`message`)."
+    def __init__(self, outcomes: dict, message: str):
+        super().__init__(message)
+        self.outcomes, self.message = outcomes, message
 
 # %% ../nbs/07_runs.ipynb #c9dfdc0d
 def read_run(run_dir: str | Path) -> dict:
-    "Metrics, parameters (which win where names clash) and status of one run folder, flattened for a table."
-    run_dir = Path(run_dir)
-    load = lambda f: json.loads((run_dir / f).read_text()) if (run_dir / f).exists() else {}
-    return {**load("metrics.json"), **load("params.json"), "run_dir": str(run_dir), "run_status": run_status(run_dir)}
+    "Metrics, parameters (which win where names clash) and status of one run folder; `read_error` if unreadable."
+    run_dir, row = Path(run_dir), {}
+    for name in ("metrics.json", "params.json"):
+        try: loaded = json.loads((run_dir / name).read_text(encoding="utf-8")) if (run_dir / name).exists() else {}
+        except (OSError, ValueError) as e:
+            loaded = {"read_error": f"{name}: {type(e).__name__}: {e}"}
+        row.update(loaded if isinstance(loaded, dict) else {"read_error": f"{name} does not hold a mapping"})
+    return {**row, "run_dir": str(run_dir), "run_status": run_status(run_dir)}

@@ -12,7 +12,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from .preflight import resolve_devices
-from .runs import atomic_write_json, record_failure, run_status
+from .runs import GridInterrupted, atomic_write_json, record_failure, run_status
 
 # %% auto #0
 __all__ = ['SLURM_OPTIONS', 'SLURM_DEFAULTS', 'SlurmConfigError', 'check_slurm_block', 'slurm_settings', 'submitit_parameters',
@@ -115,8 +115,9 @@ import submitit.helpers
 class GridTask(submitit.helpers.Checkpointable):
     "A SLURM task executing one run with `execute` (the grid's `execute_run`), its device resolved in the task."
     def __init__(self, execute: Callable[..., str]): self.execute = execute
-    def __call__(self, run, root, device: str = "auto", notebooks=None, retry_failed: bool = False) -> str:
-        return self.execute(run, root, resolve_devices(device)[0], notebooks, retry_failed)
+    def __call__(self, run, root, device: str = "auto", notebooks=None, retry_failed: bool = False,
+                 rerun_stale: bool = False) -> str:
+        return self.execute(run, root, resolve_devices(device)[0], notebooks, retry_failed, rerun_stale)
 
 # %% ../nbs/07b_slurm.ipynb #3897358c
 _SLURM_FIXES = {
@@ -140,11 +141,12 @@ def slurm_reason(state: str, # the job's SLURM state, e.g. "TIMEOUT" or "CANCELL
 
 # %% ../nbs/07b_slurm.ipynb #18ce6fe0
 def _submit(runs: list, root: Path, settings: Mapping, execute: Callable, notebooks, retry_failed: bool,
-            device: str, name: str, cluster: str | None) -> list:
+            device: str, name: str, cluster: str | None, rerun_stale: bool = False) -> list:
     "Submit `runs` (one kind) as one job array; their submitit jobs, in order."
     ex = make_executor(root / ".submitit", settings, name, cluster)
     n = len(runs)
-    return ex.map_array(GridTask(execute), runs, [root] * n, [device] * n, [notebooks] * n, [retry_failed] * n)
+    return ex.map_array(GridTask(execute), runs, [root] * n, [device] * n, [notebooks] * n, [retry_failed] * n,
+                        [rerun_stale] * n)
 
 def _wait(jobs: list, poll_s: float, progress: bool) -> None:
     "Return when every job has ended (polling submitit, which asks SLURM's accounting), with a progress bar."
@@ -160,7 +162,9 @@ def _outcome(run, job, root: Path) -> str:
     try: return job.result()
     except Exception as e:  # killed, cancelled, out of memory, or the task itself crashed
         if run_status(root / run.id) == "done": return "done"
-        record_failure(root / run.id, slurm_reason(job.state, e, str(job.job_id)))
+        try: record_failure(root / run.id, slurm_reason(job.state, e, str(job.job_id)))
+        except OSError as err:  # a folder that cannot be written: say so, the grid goes on
+            tqdm.write(f"vitp: cannot record the failure of {run.id} ({err}): left partial, redone next time")
         return "failed"
 
 # %% ../nbs/07b_slurm.ipynb #933bdd29
@@ -173,17 +177,25 @@ def run_slurm(runs: list, # the plan's runs (the grid's `Run`s)
               name: str = "vitp", # job name prefix
               cluster: str | None = "slurm", # "local": submitit's local executor (tests)
               wait: bool = True, # wait for every task (False: return once submitted)
-              poll_s: float = 10.0, progress: bool = True) -> dict[str, str]:
+              poll_s: float = 10.0, progress: bool = True,
+              rerun_stale: bool = False, # redo runs that `state` calls stale
+              state: Callable | None = None, # a run's state (default `run_status` of its folder)
+             ) -> dict[str, str]:
     "Submit the runs not yet complete, one job array per kind, and (by default) wait for their outcomes."
-    skip = ("done",) if retry_failed else ("done", "failed")
-    todo = [r for r in runs if run_status(root / r.id) not in skip]
-    outcomes = {r.id: "skipped" for r in runs}
-    jobs = []  # (run, its submitit job)
+    state = state or (lambda r: run_status(root / r.id))
+    skip = {"done"} | ({"failed"} - ({"failed"} if retry_failed else set())) | (set() if rerun_stale else {"stale"})
+    todo = [r for r in runs if state(r) not in skip]
+    outcomes, jobs = {r.id: "skipped" for r in runs}, []  # jobs: (run, its submitit job)
     for kind in dict.fromkeys(r.kind for r in todo):
         batch = [r for r in todo if r.kind == kind]
         jobs += zip(batch, _submit(batch, root, settings(kind), execute, notebooks, retry_failed, device,
-                                   f"{name}-{kind}", cluster))
+                                   f"{name}-{kind}", cluster, rerun_stale))
     if jobs: atomic_write_json(root / ".submitit" / "jobs.json", {r.id: str(j.job_id) for r, j in jobs})
     if not wait: return {**outcomes, **{r.id: "submitted" for r, _ in jobs}}
-    _wait([j for _, j in jobs], poll_s, progress)
+    try: _wait([j for _, j in jobs], poll_s, progress)
+    except KeyboardInterrupt:
+        ids = sorted({str(j.job_id).split("_")[0] for _, j in jobs})
+        raise GridInterrupted({**outcomes, **{r.id: "submitted" for r, _ in jobs}},
+                              f"stopped waiting; the tasks go on on the cluster (`scancel {' '.join(ids)}` "
+                              "stops them; `vitp grid status` tells how far they are)") from None
     return {**outcomes, **{r.id: _outcome(r, j, root) for r, j in jobs}}
