@@ -18,7 +18,7 @@ from .rehearsal import REHEARSAL_SLURM, prepare_rehearsal, rehearsal_data_root, 
 from .rehearsal import rehearse_runs, sample_runs
 from .slurm import SlurmConfigError, check_slurm_block, run_slurm, slurm_settings
 from .files import move_into_place
-from .runs import DONE, LAUNCHED_ENV, NOTEBOOK_SHA_ENV, GridInterrupted, RunFolderError
+from .runs import ABANDON, DONE, LAUNCHED_ENV, NOTEBOOK_SHA_ENV, GridInterrupted, RunFolderError
 from .runs import atomic_write_json, atomic_write_text, check_writable, clear_run, library_sha, mark_done
 from .runs import notebook_sha, record_failure, run_status, runs_root
 
@@ -234,7 +234,6 @@ def bind_to_parent(cmd: list[str], parent: int | None = None) -> list[str]:
 
 # %% ../nbs/08_grid.ipynb #a3c17124
 _KERNELS = weakref.WeakSet()  # the kernel managers of the runs in flight: a second Ctrl-C stops their kernels
-_ABANDON = threading.Event()  # set by a second Ctrl-C: runs in flight are abandoned, left partial, not failed
 
 def run_kernel_manager(lock_fd: int, env: dict | None = None) -> type:
     "A kernel manager class whose kernels hold the run's lock (`lock_fd`), get `env` and die with this process."
@@ -311,7 +310,7 @@ def execute_run(run: Run, root: str | Path, device: str = "cpu", notebooks: str 
                                 parameters={**run.params, "run_dir": str(run_dir), "device": device},
                                 kernel_manager_class=run_kernel_manager(lock.fd, env))
         except Exception as e:
-            return "abandoned" if _ABANDON.is_set() else _fail(run_dir, partial, e)
+            return "abandoned" if ABANDON.is_set() else _fail(run_dir, partial, e)
         return _finish(run_dir, partial)
 
 # %% ../nbs/08_grid.ipynb #b5f17708
@@ -348,7 +347,7 @@ def _device_slots(devices: list[str], jobs: int | None) -> queue.Queue:
 # %% ../nbs/08_grid.ipynb #273b48ba
 def _stop_now(futures: dict, outcomes: dict) -> GridInterrupted:
     "A second Ctrl-C: kill the kernels of the runs in flight (left partial, redone next time) and collect them."
-    _ABANDON.set()
+    ABANDON.set()
     _kill_kernels()
     for f, r in futures.items():
         if not f.cancelled(): outcomes.setdefault(r.id, "abandoned")
@@ -375,7 +374,7 @@ def run_local(runs: list[Run], root: Path, devices: list[str] = ("cpu",), jobs: 
         try: return execute_run(run, root, device, notebooks, retry_failed, rerun_stale)
         except RunFolderError as e: tqdm.write(f"vitp: {e}"); return "blocked"
         finally: slots.put(device)
-    _ABANDON.clear()
+    ABANDON.clear()
     with ThreadPoolExecutor(slots.qsize()) as pool, tqdm(total=len(runs), desc=root.name, disable=not progress) as bar:
         def collect(f):
             outcomes[futures[f].id] = f.result(); bar.update()

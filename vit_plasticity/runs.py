@@ -4,7 +4,7 @@
 
 # %% ../nbs/07_runs.ipynb #863ea95a
 from __future__ import annotations
-import hashlib, json, os, platform, shutil, subprocess, sys, tempfile
+import hashlib, json, os, platform, shutil, subprocess, sys, tempfile, threading
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -15,10 +15,10 @@ from .files import atomic_write, move_into_place  # temporary file, flush, renam
 if TYPE_CHECKING: import pandas as pd  # a type only: `vitp grid status` never imports pandas
 
 # %% auto #0
-__all__ = ['NOTEBOOK_SHA_ENV', 'DONE', 'LAUNCHED_ENV', 'runs_root', 'RunsDirError', 'check_writable', 'atomic_write_text',
-           'atomic_write_json', 'git_commit', 'compute_info', 'library_sha', 'notebook_sha', 'code_version', 'env_info',
-           'start_run', 'file_sha', 'mark_done', 'finish_run', 'run_status', 'record_failure', 'RunFolderError',
-           'clear_run', 'GridInterrupted', 'read_run']
+__all__ = ['NOTEBOOK_SHA_ENV', 'DONE', 'LAUNCHED_ENV', 'ABANDON', 'runs_root', 'RunsDirError', 'check_writable',
+           'atomic_write_text', 'atomic_write_json', 'git_commit', 'compute_info', 'library_sha', 'notebook_sha',
+           'code_version', 'env_info', 'start_run', 'file_sha', 'mark_done', 'finish_run', 'run_status',
+           'record_failure', 'RunFolderError', 'clear_run', 'GridInterrupted', 'read_run']
 
 # %% ../nbs/07_runs.ipynb #3cc4d0be
 def runs_root() -> Path:
@@ -203,6 +203,9 @@ def clear_run(run_dir: str | Path) -> Path:
     return run_dir
 
 # %% ../nbs/07_runs.ipynb #25c6400b
+ABANDON = threading.Event()  # set when runs in flight are being stopped (a second Ctrl-C, SLURM's SIGTERM): they
+                             # are abandoned, left partial to be redone, not recorded as failed
+
 class GridInterrupted(KeyboardInterrupt):
     "Ctrl-C during a grid: `outcomes` of the runs so far, and what happened to those in flight (`message`)."
     def __init__(self, outcomes: dict, message: str):

@@ -5,6 +5,7 @@
 # %% ../nbs/07b_slurm.ipynb #032a616d
 from __future__ import annotations
 import json
+import signal
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -12,7 +13,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from .preflight import resolve_devices
-from .runs import GridInterrupted, atomic_write_json, record_failure, run_status
+from .runs import ABANDON, GridInterrupted, atomic_write_json, record_failure, run_status
 
 # %% auto #0
 __all__ = ['SLURM_OPTIONS', 'SLURM_DEFAULTS', 'SlurmConfigError', 'check_slurm_block', 'slurm_settings', 'submitit_parameters',
@@ -32,7 +33,8 @@ SLURM_OPTIONS = {  # name: (submitit AutoExecutor parameter, type, help)
     "sbatch": ("slurm_additional_parameters", list, "extra sbatch options, e.g. ['--exclude=node7']"),
     "setup": ("slurm_setup", list, "shell lines run before each task, e.g. ['module load cuda']"),
 }
-SLURM_DEFAULTS = dict(time=60, cpus_per_task=1, array_parallelism=256)  # what applies when nothing is said
+SLURM_DEFAULTS = dict(time=60, cpus_per_task=1, mem_gb=8, array_parallelism=256)  # when nothing is said
+# mem_gb: a cluster's own default can be a few hundred MB per CPU, less than a kernel that imports torch
 
 class SlurmConfigError(ValueError):
     "A SLURM setting that cannot be used: the message names it, where it came from, and the fix."
@@ -112,11 +114,16 @@ def sbatch_text(settings: Mapping, n_tasks: int, folder: str | Path = "runs/.sub
 # %% ../nbs/07b_slurm.ipynb #2f905ca8
 import submitit.helpers
 
+def _abandon_on_sigterm(signum, frame) -> None:
+    "SLURM ends a task (scancel, time limit, preemption) with SIGTERM to all its processes, the kernel included."
+    ABANDON.set()  # the run is left partial; the launcher records SLURM's reason
+
 class GridTask(submitit.helpers.Checkpointable):
     "A SLURM task executing one run with `execute` (the grid's `execute_run`), its device resolved in the task."
     def __init__(self, execute: Callable[..., str]): self.execute = execute
     def __call__(self, run, root, device: str = "auto", notebooks=None, retry_failed: bool = False,
                  rerun_stale: bool = False) -> str:
+        signal.signal(signal.SIGTERM, _abandon_on_sigterm)
         return self.execute(run, root, resolve_devices(device)[0], notebooks, retry_failed, rerun_stale)
 
 # %% ../nbs/07b_slurm.ipynb #3897358c
@@ -128,13 +135,17 @@ _SLURM_FIXES = {
     "NODE_FAIL": "the task's node failed; `vitp grid run --retry-failed` runs it again",
 }
 
+_MEMORY_KILL = ("exceeded memory limit", "exceeded job memory limit", "oom-kill", "out of memory")
+
 def slurm_reason(state: str, # the job's SLURM state, e.g. "TIMEOUT" or "CANCELLED by 0"
                  error: BaseException | None = None, # what `job.result()` raised, if anything
                  job_id: str = "", # the job id, to find its log
+                 log: str = "", # the task's stderr: without cgroups, a memory kill ends FAILED and says so there
                 ) -> str:
     "The failure recorded for a run whose task SLURM ended without a result: state, what to do, the job."
     key = (state or "UNKNOWN").split()[0]
     if key not in _SLURM_FIXES and error is not None and "timed-out" in str(error): key = "TIMEOUT"
+    if key not in _SLURM_FIXES and any(m in (log or "").lower() for m in _MEMORY_KILL): key = "OUT_OF_MEMORY"
     fix = _SLURM_FIXES.get(key, f"the task ended without a result ({type(error).__name__ if error else 'no error'}: "
                                 f"{str(error).strip().splitlines()[-1] if error and str(error).strip() else ''})")
     return f"SLURM {key} (job {job_id}): {fix}"
@@ -148,24 +159,33 @@ def _submit(runs: list, root: Path, settings: Mapping, execute: Callable, notebo
     return ex.map_array(GridTask(execute), runs, [root] * n, [device] * n, [notebooks] * n, [retry_failed] * n,
                         [rerun_stale] * n)
 
+def _n_done(jobs: list) -> int:
+    "How many of `jobs` have ended: one forced query of SLURM's accounting (it covers every job), then its answers."
+    return sum(j.done(force_check=i == 0) for i, j in enumerate(jobs))
+
 def _wait(jobs: list, poll_s: float, progress: bool) -> None:
-    "Return when every job has ended (polling submitit, which asks SLURM's accounting), with a progress bar."
+    "Return when every job has ended (polling SLURM's accounting every `poll_s` seconds), with a progress bar."
     with tqdm(total=len(jobs), desc="SLURM tasks", disable=not progress) as bar:
-        while (n_done := sum(j.done() for j in jobs)) < len(jobs):
+        while (n_done := _n_done(jobs)) < len(jobs):
             bar.update(n_done - bar.n)
             time.sleep(poll_s)
         bar.update(len(jobs) - bar.n)
 
 # %% ../nbs/07b_slurm.ipynb #62b3ffc5
 def _outcome(run, job, root: Path) -> str:
-    "The outcome of `run` from its finished `job`; a task without a result is recorded as failed with SLURM's reason."
-    try: return job.result()
-    except Exception as e:  # killed, cancelled, out of memory, or the task itself crashed
-        if run_status(root / run.id) == "done": return "done"
-        try: record_failure(root / run.id, slurm_reason(job.state, e, str(job.job_id)))
-        except OSError as err:  # a folder that cannot be written: say so, the grid goes on
-            tqdm.write(f"vitp: cannot record the failure of {run.id} ({err}): left partial, redone next time")
-        return "failed"
+    "The outcome of `run` from its finished `job`; a task SLURM ended is recorded as failed with SLURM's reason."
+    try: out, error = job.result(), None
+    except Exception as e: out, error = None, e  # killed, cancelled, out of memory, or the task itself crashed
+    state = job.state or ""
+    ended_by_slurm = state.split()[0] in _SLURM_FIXES if state else False
+    if out not in (None, "abandoned", "failed") or (out == "failed" and not ended_by_slurm): return out
+    if run_status(root / run.id) == "done": return "done"
+    try: log = job.stderr() or ""
+    except OSError: log = ""
+    try: record_failure(root / run.id, slurm_reason(state, error, str(job.job_id), log))
+    except OSError as err:  # a folder that cannot be written: say so, the grid goes on
+        tqdm.write(f"vitp: cannot record the failure of {run.id} ({err}): left partial, redone next time")
+    return "failed"
 
 # %% ../nbs/07b_slurm.ipynb #933bdd29
 def run_slurm(runs: list, # the plan's runs (the grid's `Run`s)
