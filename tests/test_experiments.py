@@ -50,7 +50,7 @@ def test_plasticity_run_pairs_as_injected(tmp_path, runs):
                                protocols="paper", pairing="cycle_all")
     assert (params["pairing"], params["n_pairs"], metrics["status"]) == ("cycle_all", 400, "ok")
     layers = pd.read_csv(tmp_path / "pl" / "layers.csv")
-    net, src, tgt = load_vit("tiny-fmnist"), plasticity_images("fmnist", 400), plasticity_images("digits")
+    net, src, tgt = load_vit("tiny-fmnist"), plasticity_images("fmnist", 400), plasticity_images("digits", pairing="cycle_all")
     def reference(rule: str) -> pd.DataFrame:
         "The layer summary of the target indexed by hand under `rule`, measured in one batch."
         m = len(tgt) if rule == "cycle_all" else 128 * (len(tgt) // 128)

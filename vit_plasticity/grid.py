@@ -24,9 +24,9 @@ from .runs import notebook_sha, record_failure, run_status, runs_root
 
 # %% auto #0
 __all__ = ['KINDS', 'GridSpecError', 'grids_dir', 'notebooks_dir', 'load_spec', 'validate_spec', 'Run', 'expand', 'notebook_for',
-           'check_params', 'check_names', 'check_values', 'RunLock', 'bind_to_parent', 'run_kernel_manager',
-           'current_code', 'run_state', 'execute_run', 'grid_root', 'plan', 'grid_status', 'run_local',
-           'slurm_plan_settings', 'run_grid']
+           'check_params', 'check_names', 'check_values', 'check_plan', 'RunLock', 'bind_to_parent',
+           'run_kernel_manager', 'current_code', 'run_state', 'execute_run', 'grid_root', 'plan', 'grid_status',
+           'run_local', 'slurm_plan_settings', 'run_grid']
 
 # %% ../nbs/08_grid.ipynb #01bd7fd4
 KINDS = ("plasticity", "bounds", "finetune", "linear_probe")  # one experiment notebook each
@@ -211,6 +211,12 @@ def check_values(runs: list[Run]) -> None:
         if bad := [e for k, v in r.params.items() if (e := _value_error(k, v))]:
             raise GridSpecError(f"run {r.id}: {'; '.join(bad)}; fix the grid file")
 
+def check_plan(runs: list[Run], notebooks: str | Path | None = None) -> None:
+    "Every check of a plan that needs no data: parameter names and types, library names, values."
+    check_params(runs, notebooks)
+    check_names(runs)
+    check_values(runs)
+
 # %% ../nbs/08_grid.ipynb #681f049c
 class RunLock:
     "Non-blocking exclusive lock on a run; `acquired` is False when another process (launcher or kernel) holds it."
@@ -344,7 +350,7 @@ def _device_slots(devices: list[str], jobs: int | None) -> queue.Queue:
     for i in range(jobs or len(devices)): slots.put(devices[i % len(devices)])
     return slots
 
-# %% ../nbs/08_grid.ipynb #273b48ba
+# %% ../nbs/08_grid.ipynb #8b8cec9f
 def _stop_now(futures: dict, outcomes: dict) -> GridInterrupted:
     "A second Ctrl-C: kill the kernels of the runs in flight (left partial, redone next time) and collect them."
     ABANDON.set()
@@ -364,6 +370,7 @@ def _on_ctrl_c(futures: dict, outcomes: dict, collect) -> GridInterrupted:
     except KeyboardInterrupt: return _stop_now(futures, outcomes)
     return GridInterrupted(outcomes, f"stopped after the {len(flying)} run(s) in flight")
 
+# %% ../nbs/08_grid.ipynb #273b48ba
 def run_local(runs: list[Run], root: Path, devices: list[str] = ("cpu",), jobs: int | None = None,
               notebooks: str | Path | None = None, retry_failed: bool = False, progress: bool = True,
               rerun_stale: bool = False) -> dict[str, str]:
@@ -401,6 +408,11 @@ def slurm_plan_settings(spec: dict, overrides: dict | None = None, rehearse: boo
         settings(kind)
     return settings
 
+# %% ../nbs/08_grid.ipynb #f5241118
+def _task_device(devices: str | list[str]) -> str:
+    "The device of a SLURM task: 'auto' (its GPU if SLURM gave it one), else the first named device."
+    return "auto" if devices == "auto" else resolve_devices(devices)[0]
+
 # %% ../nbs/08_grid.ipynb #ee373f6c
 def run_grid(spec: dict | str | Path, # a grid: its name, a YAML path, or the loaded specification
              jobs: int | None = None, # concurrent runs on this machine (default: one per device)
@@ -420,16 +432,14 @@ def run_grid(spec: dict | str | Path, # a grid: its name, a YAML path, or the lo
     _check_options(executor, jobs)
     settings = slurm_plan_settings(spec, slurm, rehearse, check=executor == "slurm")  # refused now if bad
     runs, root = plan(spec, root, rehearse, sample)
-    check_params(runs, notebooks)
-    check_names(runs)
-    check_values(runs)
+    check_plan(runs, notebooks)
     if dry_run: return {r.id: "planned" for r in runs}
     check_writable(root)
     if rehearse: runs = prepare_rehearsal(runs)[0]  # synthetic copies of the datasets, generated once
     local = resolve_devices(devices) if executor == "local" else []
     preflight(runs, local, progress=progress)
     if executor == "local": return run_local(runs, root, local, jobs, notebooks, retry_failed, progress, rerun_stale)
-    device = "auto" if devices == "auto" else resolve_devices(devices)[0]
-    return run_slurm(runs, root, settings, execute_run, notebooks, retry_failed, device, f"vitp-{spec['name']}",
-                     cluster, wait, poll_s=10.0 if cluster == "slurm" else 0.5, progress=progress,
-                     rerun_stale=rerun_stale, state=lambda r: run_state(root / r.id, current_code(r.kind, notebooks)))
+    state = lambda r: run_state(root / r.id, current_code(r.kind, notebooks))
+    return run_slurm(runs, root, settings, execute_run, notebooks, retry_failed, _task_device(devices),
+                     f"vitp-{spec['name']}", cluster, wait, 10.0 if cluster == "slurm" else 0.5, progress,
+                     rerun_stale, state)

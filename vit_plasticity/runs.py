@@ -16,8 +16,8 @@ if TYPE_CHECKING: import pandas as pd  # a type only: `vitp grid status` never i
 
 # %% auto #0
 __all__ = ['NOTEBOOK_SHA_ENV', 'DONE', 'LAUNCHED_ENV', 'ABANDON', 'runs_root', 'RunsDirError', 'check_writable',
-           'atomic_write_text', 'atomic_write_json', 'git_commit', 'compute_info', 'library_sha', 'notebook_sha',
-           'code_version', 'env_info', 'start_run', 'file_sha', 'mark_done', 'finish_run', 'run_status',
+           'atomic_write_text', 'atomic_write_json', 'git_commit', 'library_sha', 'notebook_sha', 'code_version',
+           'compute_info', 'env_info', 'start_run', 'file_sha', 'mark_done', 'finish_run', 'run_status',
            'record_failure', 'RunFolderError', 'clear_run', 'GridInterrupted', 'read_run']
 
 # %% ../nbs/07_runs.ipynb #3cc4d0be
@@ -64,20 +64,7 @@ def git_commit(path: str | Path | None = None) -> str | None:
     except (OSError, subprocess.CalledProcessError): return None
     return sha + ("+dirty" if dirty else "")
 
-# %% ../nbs/07_runs.ipynb #c74188d4
-_THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
-_SLURM_VARS = ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_JOB_PARTITION", "SLURMD_NODENAME")
-
-def compute_info(device: str = "cpu") -> dict:
-    "Torch threads, CUDA and cuDNN versions and the GPU's name: what a result's bits depend on besides the code."
-    import torch  # only here: the launcher and `vitp grid status` never import torch
-    dev = torch.device(device)
-    gpu = torch.cuda.get_device_name(dev) if dev.type == "cuda" and torch.cuda.is_available() else None
-    cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
-    return dict(torch_threads=torch.get_num_threads(), torch_interop_threads=torch.get_num_interop_threads(),
-                thread_env={k: os.environ.get(k) for k in _THREAD_VARS}, cuda=torch.version.cuda,
-                cudnn=cudnn, gpu=gpu, cpu_count=os.cpu_count())
-
+# %% ../nbs/07_runs.ipynb #22e5e7b7
 NOTEBOOK_SHA_ENV = "VITP_NOTEBOOK_SHA"  # set by the launcher in each kernel: the digest of the experiment notebook
 
 def library_sha() -> str:
@@ -95,6 +82,20 @@ def notebook_sha(path: str | Path) -> str:
 def code_version() -> dict:
     "The version of the code running here: git commit, library digest and (under the launcher) notebook digest."
     return dict(git_commit=git_commit(), library_sha=library_sha(), notebook_sha=os.environ.get(NOTEBOOK_SHA_ENV))
+
+# %% ../nbs/07_runs.ipynb #c74188d4
+_THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+_SLURM_VARS = ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_JOB_PARTITION", "SLURMD_NODENAME")
+
+def compute_info(device: str = "cpu") -> dict:
+    "Torch threads, CUDA and cuDNN versions and the GPU's name: what a result's bits depend on besides the code."
+    import torch  # only here: the launcher and `vitp grid status` never import torch
+    dev = torch.device(device)
+    gpu = torch.cuda.get_device_name(dev) if dev.type == "cuda" and torch.cuda.is_available() else None
+    cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+    return dict(torch_threads=torch.get_num_threads(), torch_interop_threads=torch.get_num_interop_threads(),
+                thread_env={k: os.environ.get(k) for k in _THREAD_VARS}, cuda=torch.version.cuda,
+                cudnn=cudnn, gpu=gpu, cpu_count=os.cpu_count())
 
 def env_info(device: str = "cpu") -> dict:
     "Package versions, code version, device, threads, CUDA/cuDNN/GPU, host, SLURM job and Python of this process."

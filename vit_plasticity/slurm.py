@@ -187,6 +187,12 @@ def _outcome(run, job, root: Path) -> str:
         tqdm.write(f"vitp: cannot record the failure of {run.id} ({err}): left partial, redone next time")
     return "failed"
 
+# %% ../nbs/07b_slurm.ipynb #64f810b9
+def _todo(runs: list, state: Callable, retry_failed: bool, rerun_stale: bool) -> list:
+    "The runs to submit: not done, nor failed (unless retried), nor stale (unless redone)."
+    skip = {"done"} | (set() if retry_failed else {"failed"}) | (set() if rerun_stale else {"stale"})
+    return [r for r in runs if state(r) not in skip]
+
 # %% ../nbs/07b_slurm.ipynb #933bdd29
 def run_slurm(runs: list, # the plan's runs (the grid's `Run`s)
               root: Path, # the grid's folder
@@ -202,9 +208,7 @@ def run_slurm(runs: list, # the plan's runs (the grid's `Run`s)
               state: Callable | None = None, # a run's state (default `run_status` of its folder)
              ) -> dict[str, str]:
     "Submit the runs not yet complete, one job array per kind, and (by default) wait for their outcomes."
-    state = state or (lambda r: run_status(root / r.id))
-    skip = {"done"} | ({"failed"} - ({"failed"} if retry_failed else set())) | (set() if rerun_stale else {"stale"})
-    todo = [r for r in runs if state(r) not in skip]
+    todo = _todo(runs, state or (lambda r: run_status(root / r.id)), retry_failed, rerun_stale)
     outcomes, jobs = {r.id: "skipped" for r in runs}, []  # jobs: (run, its submitit job)
     for kind in dict.fromkeys(r.kind for r in todo):
         batch = [r for r in todo if r.kind == kind]
