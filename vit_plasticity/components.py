@@ -63,11 +63,14 @@ def check_vit(model: nn.Module) -> VisionTransformer:
     return model
 
 # %% ../nbs/00_components.ipynb #37a65f66
+def _is_index(i) -> bool: return isinstance(i, numbers.Integral) and not isinstance(i, bool)
+
 def block_components(model: nn.Module, layer: int) -> dict[str, nn.Module]:
-    "The modules LN1, MHA, LN2, FC1, FC2 of block `layer` (negative counts from the end) of a supported ViT, by paper name."
+    "The modules LN1, MHA, LN2, FC1, FC2 of block `layer` (negative: from the end) of a supported ViT."
     blocks = check_vit(model).blocks
-    if isinstance(layer, bool) or not isinstance(layer, numbers.Integral) or not -len(blocks) <= layer < len(blocks):
-        raise ValueError(f"layer={layer!r}: the model has blocks 0..{len(blocks) - 1} (negative indices count from the end)")
+    if not (_is_index(layer) and -len(blocks) <= layer < len(blocks)):
+        raise ValueError(f"layer={layer!r}: the model has blocks 0..{len(blocks) - 1} "
+                         "(negative indices count from the end)")
     blk = blocks[layer]
     return {"LN1": blk.norm1, "MHA": blk.attn, "LN2": blk.norm2, "FC1": blk.mlp.fc1, "FC2": blk.mlp.fc2}
 
@@ -81,30 +84,31 @@ def embed(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
 def _as_components(components: str | Iterable[str]) -> set[str]:
     "Validate component names; 'full' means all of them."
     if not isinstance(components, (str, Iterable)):
-        raise TypeError(f"components={components!r}: pass a component name or a list of them, e.g. 'MHA' or ['MHA', 'FC1']")
+        raise TypeError(f"components={components!r}: pass a component name or a list of them, "
+                        "e.g. 'MHA' or ['MHA', 'FC1']")
     names = [components] if isinstance(components, str) else list(components)
     valid = CONFIGURATIONS + (HEAD,)
     if not names:
-        raise ValueError(f"components={components!r} names no component, so no block would train: pass 'head' to "
-                         f"train the head alone, or one of {', '.join(CONFIGURATIONS)}")
+        raise ValueError(f"components={components!r} names no component, so no block would train: pass "
+                         f"'head' to train the head alone, or one of {', '.join(CONFIGURATIONS)}")
     if bad := [c for c in names if c not in valid]:
         raise ValueError(f"unknown component(s) {bad}; valid names: {', '.join(valid)}")
     return set(COMPONENTS + (HEAD,)) if "full" in names else set(names)
 
 # %% ../nbs/00_components.ipynb #f49da1d4
-def _is_index(i) -> bool: return isinstance(i, numbers.Integral) and not isinstance(i, bool)
-
 def _as_layers(layers: Iterable[int] | None, depth: int) -> set[int]:
     "Validate block indices; None means every block."
     if layers is None: return set(range(depth))
     if isinstance(layers, (str, bytes)) or not isinstance(layers, Iterable):
-        raise TypeError(f"layers={layers!r}: pass a list of block indices, e.g. layers=[0], or None for every block")
+        raise TypeError(f"layers={layers!r}: pass a list of block indices, e.g. layers=[0], "
+                        "or None for every block")
     layers = list(layers)
     if not layers:
-        raise ValueError(f"layers=[] names no block, so none of the chosen components would train (only the head "
-                         f"would): pass block indices in 0..{depth - 1}, or None for every block")
+        raise ValueError("layers=[] names no block, so none of the chosen components would train (only the "
+                         f"head would): pass block indices in 0..{depth - 1}, or None for every block")
     if bad := [i for i in layers if not _is_index(i)]:
-        raise ValueError(f"layers={layers!r}: block indices must be integers, not {bad}: pass e.g. layers=[0, 1]")
+        raise ValueError(f"layers={layers!r}: block indices must be integers, not {bad}: "
+                         "pass e.g. layers=[0, 1]")
     if bad := sorted(int(i) for i in layers if not 0 <= i < depth):
         raise ValueError(f"layer(s) {bad} out of range: the model has blocks 0..{depth - 1}")
     return {int(i) for i in layers}
@@ -127,7 +131,7 @@ def set_trainable(model: nn.Module, components: str | Iterable[str], layers: Ite
     "Train exactly `components` ('full', a paper name, or a list) in `layers` (default all) plus the head; freeze the rest."
     if not isinstance(train_head, bool): raise TypeError(f"train_head={train_head!r}: pass True or False")
     wanted = _as_components(components) | ({HEAD} if train_head else set())
-    blocks = _as_layers(layers, len(check_vit(model).blocks))  # every argument is checked before anything changes
+    blocks = _as_layers(layers, len(check_vit(model).blocks))  # all arguments checked before anything changes
     for name, p in model.named_parameters():
         comp, layer = component_of(name)
         p.requires_grad_(comp in wanted and (layer is None or layer in blocks))

@@ -40,7 +40,8 @@ def resolve_name(name: str, # a preset (`PRESETS`), a timm model name (optionall
                 ) -> str:   # the timm model name
     "The timm name behind `name`; warns on timm's deprecated aliases, `ValueError` listing the presets if unknown."
     if not isinstance(name, str):
-        raise ValueError(f"model name {name!r} is a {type(name).__name__}: pass a preset ({', '.join(PRESETS)}) or a timm model name")
+        raise ValueError(f"model name {name!r} is a {type(name).__name__}: pass a preset "
+                         f"({', '.join(PRESETS)}) or a timm model name")
     if name.startswith(STANDIN_PREFIX): return resolve_name(name.removeprefix(STANDIN_PREFIX))
     if name in PRESETS: return PRESETS[name]
     new = getattr(timm.models._registry, "_deprecated_models", {}).get(name)
@@ -56,18 +57,19 @@ def resolve_name(name: str, # a preset (`PRESETS`), a timm model name (optionall
 
 # %% ../nbs/04_models.ipynb #1087fb56
 def _meta_vit(name: str, timm_name: str) -> VisionTransformer:
-    "`timm_name` built on the meta device (no weights, no memory) if it is a supported ViT, else a `ValueError`."
+    "`timm_name` built on the meta device if it is a supported ViT; else a `ValueError`."
     try:
         with torch.device("meta"): model = timm.create_model(timm_name, pretrained=False)
-    except Exception as e: raise ValueError(f"model {name!r} ({timm_name}) cannot be built by timm: {e}") from e
+    except Exception as e:
+        raise ValueError(f"model {name!r} ({timm_name}) cannot be built by timm: {e}") from e
     try: return check_vit(model)
     except TypeError as e:
         raise ValueError(f"model {name!r} ({timm_name}) is not a ViT this library can map: {e}. Use a preset "
                          f"({', '.join(PRESETS)}) or a timm ViT such as deit_small_patch16_224") from e
 
-def check_model_name(name: str, # a preset, a stand-in "rehearse:<model>", or a timm model name (with a `.tag`)
+def check_model_name(name: str, # a preset, a stand-in "rehearse:<model>", or a timm name (with a `.tag`)
                     ) -> str:   # the timm name (`resolve_name`)
-    "The timm name of `name` if it names a supported ViT, checked without downloading or allocating it; else a `ValueError`."
+    "The timm name of `name` if it names a supported ViT (checked on the meta device), else a `ValueError`."
     timm_name = resolve_name(name)
     _meta_vit(name, timm_name)
     return timm_name
@@ -90,11 +92,12 @@ def _ln_eps(ln_eps: str | float | None) -> float | None:
     raise ValueError(f"ln_eps must be 'paper' ({PAPER_LN_EPS}), 'timm' or a non-negative number, got {ln_eps!r}")
 
 def _check_num_classes(num_classes: int | None) -> int | None:
-    "`num_classes` if it is None (the checkpoint's head) or an integer >= 0 (0: no head), else a `ValueError`."
-    if num_classes is None or (isinstance(num_classes, int) and not isinstance(num_classes, bool) and num_classes >= 0):
+    "`num_classes` if it is None (the checkpoint's head) or an integer >= 0 (0: no head), else an error."
+    if num_classes is None: return None
+    if isinstance(num_classes, int) and not isinstance(num_classes, bool) and num_classes >= 0:
         return num_classes
-    raise ValueError(f"num_classes={num_classes!r}: pass the number of classes of the task (an integer >= 1), "
-                     "0 for no head (features only), or None for the checkpoint's head")
+    raise ValueError(f"num_classes={num_classes!r}: pass the number of classes of the task (an integer "
+                     ">= 1), 0 for no head (features only), or None for the checkpoint's head")
 
 # %% ../nbs/04_models.ipynb #c2bf47df
 class WeightsFileError(ValueError):

@@ -104,8 +104,8 @@ def _in_situ_batch(model: nn.Module, comps: list[dict[str, nn.Module]], a: torch
     finally:
         for hd in handles: hd.remove()
     if missing := [(l, list(comps[0])[c]) for l, c in (~ran).nonzero().tolist()]:
-        raise TypeError(f"the model's blocks never ran (layer, component) {missing[:5]} in their forward pass: "
-                        "protocol 'in_situ' needs timm's standard block forward; use protocol='paper'")
+        raise TypeError(f"the model's blocks never ran (layer, component) {missing[:5]} in their forward "
+                        "pass: protocol 'in_situ' needs timm's standard block forward; use protocol='paper'")
     return d_in, d_out
 
 # %% ../nbs/01_plasticity.ipynb #c02720a7
@@ -113,11 +113,11 @@ def _check_data(data, role: str) -> None:
     "Refuse at once what cannot hold images: a dataset's name, None, a number, a mapping."
     if isinstance(data, torch.Tensor): return
     if isinstance(data, str):
-        raise TypeError(f"{role}={data!r} is a name, not images: pass an image tensor (B, C, H, W) or a loader, "
-                        f"e.g. `vit_plasticity.data.plasticity_images({data!r})`")
+        raise TypeError(f"{role}={data!r} is a name, not images: pass an image tensor (B, C, H, W) or a "
+                        f"loader, e.g. `vit_plasticity.data.plasticity_images({data!r})`")
     if isinstance(data, (bytes, Mapping)) or not isinstance(data, Iterable):
-        raise TypeError(f"{role} is a {type(data).__name__}: pass an image tensor (B, C, H, W) or an iterable of "
-                        "batches xb or (xb, yb) (a DataLoader)")
+        raise TypeError(f"{role} is a {type(data).__name__}: pass an image tensor (B, C, H, W) or an "
+                        "iterable of batches xb or (xb, yb) (a DataLoader)")
 
 def _images(data: torch.Tensor | Iterable, role: str) -> Iterator[torch.Tensor]:
     "Checked image batches (B, C, H, W) from a tensor or an iterable of `xb` or `(xb, yb, ...)`."
@@ -225,22 +225,23 @@ def check_images(model: nn.Module, xb: torch.Tensor, role: str = "images") -> to
 def check_device(device: str | torch.device | int | None, # where to compute; None: the model's device
                  model: nn.Module, # the model that will run there
                 ) -> torch.device:
-    "The device to run `model` on, if this machine has it and the model has data; else a `ValueError` saying what to pass."
+    "The device to run `model` on if this machine has it and the model has data, else a `ValueError`."
     p = next(model.parameters(), None)
     home = torch.device("cpu") if p is None else p.device
     if home.type == "meta":
-        raise ValueError("the model's parameters are on the meta device (shapes without data): build or load it "
-                         "outside `torch.device('meta')`, e.g. with `vit_plasticity.models.load_vit`")
+        raise ValueError("the model's parameters are on the meta device (shapes without data): build or load "
+                         "it outside `torch.device('meta')`, e.g. with `vit_plasticity.models.load_vit`")
     if device is None: return home
     try: dev = torch.device(device)
     except (RuntimeError, TypeError, ValueError) as e:
-        raise ValueError(f"device={device!r} is not a torch device ({e}): pass 'cpu', 'cuda:0' or None") from e
+        raise ValueError(f"device={device!r} is not a torch device ({e}): pass 'cpu', 'cuda:0' "
+                         "or None") from e
     n_gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     usable = {"cpu": True, "cuda": (dev.index or 0) < n_gpus, "mps": torch.backends.mps.is_available()}
     if not usable.get(dev.type, False):
+        gpus = "" if n_gpus == 0 else f" or one of cuda:0..cuda:{n_gpus - 1}"
         raise ValueError(f"device={device!r} is not available here ({n_gpus} CUDA GPU(s) visible): pass "
-                         f"device='cpu'{'' if n_gpus == 0 else f' or one of cuda:0..cuda:{n_gpus - 1}'}, "
-                         f"or None for the model's device ({home})")
+                         f"device='cpu'{gpus}, or None for the model's device ({home})")
     return dev
 
 # %% ../nbs/01_plasticity.ipynb #a76a6ea2
@@ -251,9 +252,11 @@ def _all_finite(t: torch.Tensor) -> bool:
 def _check_parameters(model: nn.Module) -> None:
     "Refuse, before any work, a model whose parameters are not fp32 or hold NaN or inf."
     if bad := {p.dtype for p in model.parameters() if p.dtype != torch.float32}:
-        raise ValueError(f"the plasticity protocol runs in fp32 but the model has {bad} parameters: call model.float()")
+        raise ValueError(f"the plasticity protocol runs in fp32 but the model has {bad} parameters: "
+                         "call model.float()")
     if bad := [n for n, p in model.named_parameters() if not _all_finite(p)]:
-        raise ValueError(f"the model's parameters {bad[:3]} hold NaN or inf (a diverged run?): load finite weights")
+        raise ValueError(f"the model's parameters {bad[:3]} hold NaN or inf (a diverged run?): "
+                         "load finite weights")
 
 @contextmanager
 def _measuring(model: nn.Module, dev: torch.device):
@@ -269,28 +272,30 @@ def _measuring(model: nn.Module, dev: torch.device):
 # %% ../nbs/01_plasticity.ipynb #75f4354e
 def _check_finite(d_in: torch.Tensor, d_out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, first: int,
                   names: Sequence[str]) -> None:
-    "Raise if the distances (B, L, C) of a batch of finite images, pairs `first`.., are NaN or infinite: an overflow."
+    "Raise if the distances (B, L, C) of finite images a, b (pairs `first`...) are NaN or infinite."
     bad = ~(torch.isfinite(d_in) & torch.isfinite(d_out))
     if not bad.any(): return
     pairs = (bad.flatten(1).any(1).nonzero().flatten() + first).tolist()
-    layers, comps = bad.any(2).any(0).nonzero().flatten().tolist(), bad.any(1).any(0).nonzero().flatten().tolist()
+    layers = bad.any(2).any(0).nonzero().flatten().tolist()
+    comps = ", ".join(names[c] for c in bad.any(1).any(0).nonzero().flatten().tolist())
     scale = max(a.abs().max().item(), b.abs().max().item())
-    raise ValueError(f"the distances of {len(pairs)} pair(s), e.g. pairs {pairs[:5]}, are NaN or infinite in layer(s) "
-                     f"{layers[:5]}, component(s) {', '.join(names[c] for c in comps)}: fp32 overflowed. The images' "
-                     f"largest |pixel| is {scale:.3g}, where normalised images have pixels of order 1: normalise "
+    raise ValueError(f"the distances of {len(pairs)} pair(s), e.g. pairs {pairs[:5]}, are NaN or infinite "
+                     f"in layer(s) {layers[:5]}, component(s) {comps}: fp32 overflowed. The images' largest "
+                     f"|pixel| is {scale:.3g}, where normalised images have pixels of order 1: normalise "
                      "them (the model's transforms, `data.dataset_transforms`)")
 
+# %% ../nbs/01_plasticity.ipynb #f9753c68
 def _zero_d_in(pairs: Sequence[int], same: torch.Tensor) -> str:
     "The warning for the `pairs` with d_in = 0; `same[k]`: pair k's two images are equal."
     equal, unequal = [k for k in pairs if same[k]], [k for k in pairs if not same[k]]
     parts = [f"{len(equal)} pair(s) of identical images, e.g. pairs {equal[:5]}"] if equal else []
-    parts += [f"{len(unequal)} pair(s) of different images whose inputs are equal in fp32, e.g. pairs {unequal[:5]} "
-              "(images scaled far from normalised: too small to register, or so large that a LayerNorm's variance "
-              "overflowed)"] if unequal else []
+    parts += [f"{len(unequal)} pair(s) of different images whose inputs are equal in fp32, e.g. pairs "
+              f"{unequal[:5]} (images scaled far from normalised: too small to register, or so large that a "
+              "LayerNorm's variance overflowed)"] if unequal else []
     return f"{' and '.join(parts)} have d_in = 0: their ratio 0/0 is undefined and their rows are dropped"
 
 def _tidy(d_in: torch.Tensor, d_out: torch.Tensor, names: Sequence[str], same: torch.Tensor) -> pd.DataFrame:
-    "One row per (pair, layer, component) from distances (P, L, C); rows with d_in = 0 dropped with a warning."
+    "One row per (pair, layer, component) from distances (P, L, C); rows with d_in = 0 dropped (warned)."
     pair, layer, comp = (i.ravel() for i in np.indices(d_out.shape))
     df = pd.DataFrame({"pair": pair, "layer": layer, "component": np.asarray(names)[comp],
                        "d_in": d_in.double().numpy().ravel(), "d_out": d_out.double().numpy().ravel()})
@@ -298,7 +303,8 @@ def _tidy(d_in: torch.Tensor, d_out: torch.Tensor, names: Sequence[str], same: t
     if (zero := df["d_in"] == 0).any():
         warnings.warn(_zero_d_in(sorted(int(k) for k in df.loc[zero, "pair"].unique()), same))
         df = df[~zero].reset_index(drop=True)
-    if df.empty: raise ValueError(f"no pair has d_in > 0, so there is no ratio: {_zero_d_in(range(len(same)), same)}")
+    if df.empty:
+        raise ValueError(f"no pair has d_in > 0, so there is no ratio: {_zero_d_in(range(len(same)), same)}")
     return df
 
 # %% ../nbs/01_plasticity.ipynb #94c90e08
@@ -319,7 +325,7 @@ def _check_pairing(source, target, n_pairs: int | None, bs: int, pairing: str) -
     if pairing == "authors" and n_tgt and n_tgt < bs and wanted and min(wanted) > n_tgt:
         raise _short_target(n_tgt, bs)
 
-# %% ../nbs/01_plasticity.ipynb #f799cdf9
+# %% ../nbs/01_plasticity.ipynb #c64bb986
 def _positive_int(name: str, v) -> int:
     "`v` if it is a positive integer (a bool is not), else a `ValueError` naming `name`."
     if isinstance(v, int) and not isinstance(v, bool) and v > 0: return v
@@ -340,9 +346,10 @@ def _check_arguments(model: nn.Module, source, target, protocol: str, n_pairs: i
     _check_pairing(source, target, n_pairs, batch_size, pairing)
     return dev
 
-def _distances(model: nn.Module, comps: list[dict[str, nn.Module]], batches: Iterable, batch_fn, dev: torch.device
-               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    "d_in, d_out (P, L, 5) and whether each pair's images are equal (P,), on the CPU; stops at a non-finite batch."
+# %% ../nbs/01_plasticity.ipynb #23505cf4
+def _distances(model: nn.Module, comps: list[dict[str, nn.Module]], batches: Iterable, batch_fn,
+               dev: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    "d_in, d_out (P, L, 5) and whether each pair's images are equal (P,), on the CPU; stops if not finite."
     d_in, d_out, same, names = [], [], [], list(comps[0])
     for a, b in batches:
         _check_fits(model, a, "source")  # `_pairs` checked a and b already; b has a's shape
@@ -353,6 +360,7 @@ def _distances(model: nn.Module, comps: list[dict[str, nn.Module]], batches: Ite
         same.append((a == b).flatten(1).all(1).cpu())
     return torch.cat(d_in), torch.cat(d_out), torch.cat(same)
 
+# %% ../nbs/01_plasticity.ipynb #f799cdf9
 def measure_plasticity(
     model: nn.Module,  # a timm ViT (see `check_vit`), in fp32
     source: torch.Tensor | Iterable,  # pretraining-domain images (B, C, H, W), or a loader of xb or (xb, yb)
@@ -380,10 +388,11 @@ def _rank_key(s: pd.Series) -> pd.Series: return s.map(THEORETICAL_RANK) if s.na
 def _check_columns(df: pd.DataFrame, needed: Sequence[str], what: str) -> None:
     "Refuse a table that is not a DataFrame or lacks a column `what` needs, naming the missing ones."
     if not isinstance(df, pd.DataFrame):
-        raise TypeError(f"{what} takes a pandas DataFrame (the output of `measure_plasticity`), got {type(df).__name__}")
+        raise TypeError(f"{what} takes a pandas DataFrame (the output of `measure_plasticity`), "
+                        f"got {type(df).__name__}")
     if missing := [c for c in needed if c not in df.columns]:
-        raise ValueError(f"{what}: the table has no column(s) {missing} (it has {list(df.columns)}): pass the output "
-                         "of `measure_plasticity` or `layer_summary`, and `by` among its columns")
+        raise ValueError(f"{what}: the table has no column(s) {missing} (it has {list(df.columns)}): pass "
+                         "the output of `measure_plasticity` or `layer_summary`, and `by` among its columns")
 
 def layer_summary(
     df: pd.DataFrame,  # output of `measure_plasticity` (runs may be stacked, told apart by `by` columns)
@@ -451,7 +460,8 @@ def plot_plasticity_depth(
     log: bool = False,  # logarithmic y axis
 ) -> Figure:
     "Per-layer mean plasticity against layer depth (%) with its 95% CI band, one line per component, paper colours."
-    ls = _per_layer(data, _as_list(facet or ()), ("component", "depth", "mean", "ci"), "plot_plasticity_depth")
+    needed = ("component", "depth", "mean", "ci")
+    ls = _per_layer(data, _as_list(facet or ()), needed, "plot_plasticity_depth")
     panels = list(ls.groupby(facet, sort=False)) if facet else [(None, ls)]
     fig, axs = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.5), sharey=True, squeeze=False)
     for ax, (name, g) in zip(axs[0], panels):
