@@ -3,27 +3,34 @@
 The project's errors are its own classes or the builtins they subclass, and nothing else:
 - ValueError: a bad value, name or file content. Subclasses: `grid.GridSpecError` (grid files and parameters),
   `data.DataFormatError` and `data.IdxFormatError` (corrupt or truncated data), `models.WeightsFileError`.
-- TypeError: an object of the wrong kind (`components.check_vit`: not a supported ViT).
+- TypeError: an object of the wrong kind (`components.check_vit`: not a supported ViT; a dataset's name or a tensor
+  where loaders belong). A model *name* that is not a supported ViT is a ValueError (`models.check_model_name`).
 - FileNotFoundError: something missing. Subclass: `data.DataNotFoundError` (absent or incomplete dataset).
 - PermissionError: `runs.RunsDirError`, a runs folder that cannot be written.
 (`models.WeightsUnavailableError`, a RuntimeError, is the one exception: published weights unreachable offline.)
 Never an AssertionError, IndexError, KeyError or a RuntimeError from inside torch, and never an empty message.
 """
-import gzip, io, json, os, string, subprocess, sys
+import copy, gzip, io, json, os, resource, string, subprocess, sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import timm
 import torch
+from fastai.data.core import DataLoaders
+from fastai.data.load import DataLoader as FastaiLoader
 from hypothesis import HealthCheck, assume, given, settings, strategies as st
+from torch.utils.data import TensorDataset
 
 from vit_plasticity import data as D
 from vit_plasticity.bounds import token_radius
-from vit_plasticity.components import CONFIGURATIONS, HEAD, set_trainable
+from vit_plasticity.components import CONFIGURATIONS, HEAD, block_components, set_trainable
+from vit_plasticity.finetune import evaluate, finetune, opt_func, reset_head, selective_learner
 from vit_plasticity.grid import KINDS, GridSpecError, Run, check_names, check_params, expand, grids_dir, load_spec, run_grid
-from vit_plasticity.models import PRESETS, WeightsFileError, load_vit, weight_shapes
-from vit_plasticity.plasticity import measure_plasticity
+from vit_plasticity.models import (PRESETS, WeightsFileError, check_model_name, check_weights, load_vit,
+                                   standin_vit, weight_shapes)
+from vit_plasticity.plasticity import check_device, component_summary, layer_summary, measure_plasticity
 from vit_plasticity.runs import RunsDirError, check_writable, start_run
 
 ALLOWED = (ValueError, TypeError, FileNotFoundError, PermissionError)
@@ -253,3 +260,190 @@ def test_an_unwritable_runs_folder_is_refused_before_any_run(tmp_path, monkeypat
         try: refused(lambda: run_grid("smoke", root=ro, progress=False), "point VITP_RUNS", kinds=RunsDirError)
         finally: ro.chmod(0o700)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"] + (["ro"] if os.geteuid() != 0 else [])
+
+# ---------------------------------------------------------------------------------------------------------------
+# Science API: configurations, heads, model names, devices, loaders, overflow, numbers
+
+def _grads(model) -> dict:
+    return {n: p.requires_grad for n, p in model.named_parameters()}
+
+def test_an_empty_or_non_integer_layer_list_is_refused_before_anything_changes(vit):
+    before = _grads(vit)
+    refused(lambda: set_trainable(vit, "MHA", layers=[]), "layers=[] names no block", "None for every block")
+    refused(lambda: set_trainable(vit, "MHA", layers=[0.5]), "block indices must be integers, not [0.5]")
+    refused(lambda: set_trainable(vit, "MHA", layers=[True]), "not [True]")
+    refused(lambda: set_trainable(vit, "MHA", layers=1), "layers=1: pass a list of block", kinds=TypeError)
+    refused(lambda: set_trainable(vit, "MHA", layers="01"), "pass a list of block indices", kinds=TypeError)
+    refused(lambda: set_trainable(vit, []), "names no component", "pass 'head' to train the head alone")
+    refused(lambda: set_trainable(vit, "MHA", train_head="no"), "train_head='no'", kinds=TypeError)
+    refused(lambda: set_trainable(vit, "FC1", layers=[0, 7]), "layer(s) [7] out of range")
+    assert _grads(vit) == before  # nothing was frozen or unfrozen by a refused call
+    t = set_trainable(vit, "MHA", layers=np.array([1]))  # NumPy integers are indices
+    assert t.loc["MHA", "trainable"] == sum(p.numel() for p in vit.blocks[1].attn.parameters())
+
+def test_num_classes_is_a_non_negative_integer_and_0_means_no_head():
+    tiny = dict(pretrained=False, depth=1, img_size=32, patch_size=8)
+    for bad in (-3, 2.5, True, "10"):
+        refused(lambda: load_vit("vit_tiny_patch16_224", num_classes=bad, **tiny), f"num_classes={bad!r}",
+                "0 for no head", "None for the checkpoint's head")
+        refused(lambda: load_vit("rehearse:vit-b16", num_classes=bad), f"num_classes={bad!r}")
+        refused(lambda: standin_vit("vit-b16", num_classes=bad), f"num_classes={bad!r}")
+    assert isinstance(load_vit("vit_tiny_patch16_224", num_classes=0, **tiny).head, torch.nn.Identity)
+    assert load_vit("vit_tiny_patch16_224", num_classes=3, **tiny).head.out_features == 3
+    refused(lambda: load_vit("vit_tiny_patch16_224", pretrained="no", depth=1), "pretrained='no': pass True")
+
+def test_check_model_name_tells_supported_vits_by_name_without_downloading_or_allocating(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB
+    assert check_model_name("vit-h14") == PRESETS["vit-h14"]  # 632M parameters: 2.5 GB if it were allocated
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak < 500_000
+    assert check_model_name("rehearse:vit-l16") == PRESETS["vit-l16"]
+    assert check_model_name("tiny-fmnist") == PRESETS["tiny-fmnist"]
+    assert check_model_name("deit_tiny_patch16_224.fb_in1k") == "deit_tiny_patch16_224.fb_in1k"
+    for name in ("resnet18", "rehearse:resnet18", "swin_tiny_patch4_window7_224"):
+        refused(lambda: check_model_name(name), repr(name), "is not a ViT this library can map", "supported:",
+                "vit-b16", kinds=ValueError)  # a ValueError, as the grid's name checks expect
+    refused(lambda: check_model_name("vit-b/16"), "unknown model 'vit-b/16'", kinds=ValueError)
+    refused(lambda: check_model_name(16), "model name 16 is a int", kinds=ValueError)
+    # load_vit and check_weights ask the same question first, not for weights (offline, nothing is cached)
+    refused(lambda: load_vit("resnet18"), "is not a ViT", kinds=ValueError)
+    refused(lambda: check_weights("resnet18"), "is not a ViT", kinds=ValueError)
+
+def test_a_device_this_machine_lacks_is_refused_before_any_work(vit):
+    n_gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    missing = f"cuda:{n_gpus}"  # one past the last GPU: cuda:0 on a CPU-only machine
+    drawn = []
+    source = (drawn.append(1) or torch.randn(2, 3, 32, 32) for _ in range(1))  # records whether it was read
+    target = torch.randn(2, 3, 32, 32)
+    refused(lambda: measure_plasticity(vit, source, target, device=missing, progress=False),
+            f"device={missing!r} is not available here", "device='cpu'", "None for the model's device")
+    assert drawn == []
+    refused(lambda: check_device("gpu", vit), "device='gpu' is not a torch device", "pass 'cpu'")
+    with torch.device("meta"):
+        ghost = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, depth=1)
+    x = torch.randn(2, 3, 32, 32)
+    refused(lambda: measure_plasticity(ghost, x, x.flip(0)), "meta device")
+    assert check_device(None, vit) == torch.device("cpu")
+
+def _tiny(n_classes: int = 4):
+    torch.manual_seed(0)
+    return timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, depth=1,
+                             num_classes=n_classes, in_chans=1)
+
+def _data(n: int = 16, seed: int = 0, shift: int = 0) -> TensorDataset:
+    g = torch.Generator().manual_seed(seed)
+    return TensorDataset(torch.randn(n, 1, 32, 32, generator=g), torch.arange(n) % 4 + shift)
+
+def _dls(train: TensorDataset | None = None) -> DataLoaders:
+    return DataLoaders(FastaiLoader(train or _data(16, 1), bs=8, shuffle=True, drop_last=True),
+                       FastaiLoader(_data(8, 2), bs=8))
+
+TEST_DL = FastaiLoader(_data(8, 3), bs=8)
+FT = dict(n_steps=2, eval_period=1, warmup_steps=1)
+
+def test_finetune_refuses_a_dataset_name_or_a_bad_test_loader_before_any_work():
+    model = _tiny()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    x, y = torch.randn(8, 1, 32, 32), torch.arange(8) % 4
+    refused(lambda: finetune(model, "digits", TEST_DL, **FT), "dls='digits' is a dataset's name",
+            "vit_plasticity.data.dataloaders('digits')", kinds=TypeError)
+    pair = (_dls().train, _dls().valid)
+    refused(lambda: finetune(model, pair, TEST_DL, **FT), "dls is a tuple: pass fastai", kinds=TypeError)
+    for test_dl, mention in [("digits", "test_dl='digits' is a dataset's name"), (None, "a NoneType"),
+                             (x, "test_dl is a Tensor"), ([x], "must yield (x, y) batches of tensors"),
+                             ([(x, y.float())], "y must hold one integer class index per image"),
+                             ([(x, y + 4)], "test_dl has labels 4..7, but the model's head has 4 classes"),
+                             ([], "test_dl yields no batch")]:
+        refused(lambda: finetune(model, _dls(), test_dl, seed=0, **FT), mention)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())  # no new head, no step
+    refused(lambda: evaluate(model, "digits"), "dl='digits' is a dataset's name", kinds=TypeError)
+    refused(lambda: evaluate(model, []), "dl yields no batch")
+    m, _ = finetune(model, _dls(), TEST_DL, "MHA", seed=0, **FT)  # the same call with good loaders runs
+    assert m["status"] == "ok" and m["steps_done"] == 2
+
+def test_finetune_refuses_an_unusable_model_before_any_work():
+    cases = [(_tiny().half(), "call model.float()"), (_tiny().to("meta"), "meta device"),
+             (_tiny(0), "no classification head (num_classes=0"), (torch.nn.Linear(3, 3), "not a timm"),
+             (_tiny(2), "dls.valid has labels 0..3, but the model's head has 2 classes")]
+    for model, mention in cases:
+        refused(lambda: finetune(model, _dls(), TEST_DL, **FT), mention)
+        refused(lambda: selective_learner(model, _dls(), **FT), mention)
+    ten = _dls(); ten.c = 10
+    refused(lambda: finetune(_tiny(), ten, TEST_DL, **FT), "the loaders have 10 classes (dls.c)",
+            "num_classes=dls.c")
+    amp = "call model.cuda()" if torch.cuda.is_available() else "needs a CUDA GPU"
+    refused(lambda: selective_learner(_tiny(), _dls(), mixed_precision=True, **FT), amp)
+    bad_train = _dls(_data(16, 1, shift=4))  # labels 4..7 in training only: found when served
+    refused(lambda: finetune(_tiny(), bad_train, TEST_DL, **FT), "dls.train has labels 4..7")
+
+bad_numbers = st.one_of(st.floats(max_value=-1e-6), st.sampled_from([float("nan"), float("inf"), "1e-2", None,
+                                                                     True]))
+bad_counts = st.one_of(st.integers(max_value=-1), st.sampled_from([2.5, 1.0, True, "3", None]))
+
+@settings(max_examples=30, deadline=None)
+@given(data=st.data())
+def test_bad_numbers_are_refused_with_their_name(data):
+    names = ["lr", "wd", "clip", "n_steps", "eval_period", "grad_accum", "warmup_steps"]
+    name = data.draw(st.sampled_from(names))
+    value = data.draw(bad_numbers if name in ("lr", "wd", "clip") else bad_counts)
+    assume(not (name == "clip" and value is None))  # None: no clipping
+    assume(not (name == "warmup_steps" and type(value) is int and value >= 0))  # 0 warm-up steps is fine
+    kw = {**FT, "n_steps": 4, "eval_period": 2, name: value}
+    refused(lambda: selective_learner(_tiny(), _dls(), "MHA", **kw), f"{name}={value!r}: pass a finite number"
+            if name in ("lr", "wd", "clip") else f"{name}={value!r}: pass an integer")
+
+def test_other_bad_arguments_of_the_science_functions_are_refused(vit):
+    x = torch.randn(4, 3, 32, 32)
+    m = lambda *a, **kw: measure_plasticity(vit, *a, progress=False, **kw)
+    refused(lambda: m(x, x.flip(0), batch_size=True), "batch_size must be a positive integer, got True")
+    refused(lambda: m(x, x.flip(0), n_pairs=True), "n_pairs must be a positive integer, got True")
+    refused(lambda: m("digits", x), "source='digits' is a name", "plasticity_images('digits')")
+    refused(lambda: m(None, x), "source is a NoneType", kinds=TypeError)
+    nan_vit = copy.deepcopy(vit)
+    with torch.no_grad(): nan_vit.blocks[1].attn.qkv.weight[0, 0] = float("nan")
+    refused(lambda: measure_plasticity(nan_vit, x, x.flip(0)), "['blocks.1.attn.qkv.weight'] hold NaN or inf")
+    refused(lambda: block_components(vit, 2), "layer=2: the model has blocks 0..1")
+    assert block_components(vit, -1)["MHA"] is vit.blocks[1].attn
+    ratios = pd.DataFrame({"pair": 0, "layer": [0, 1], "component": "MHA", "ratio": [1.0, 2.0]})
+    refused(lambda: layer_summary(ratios, by="target"), "no column(s) ['target']")
+    refused(lambda: component_summary(ratios.drop(columns="ratio")), "no column(s) ['mean']")
+    refused(lambda: layer_summary(ratios.to_dict()), "takes a pandas DataFrame", kinds=TypeError)
+    refused(lambda: reset_head(_tiny(), True), "n_classes must be a positive integer, got True")
+    refused(lambda: reset_head(_tiny(), 3, seed=1.5), "seed=1.5")
+    refused(lambda: opt_func("sgd", wd=-1e-4), "wd=-0.0001")
+    refused(lambda: selective_learner(_tiny(), _dls(), "MHA", **{**FT, "clip": 0}), "clip=0", "None for no")
+    refused(lambda: selective_learner(_tiny(), _dls(), "MHA", cbs=5, **FT), "cbs=5", kinds=TypeError)
+    refused(lambda: finetune(_tiny(), _dls(), TEST_DL, learning_rate=0.1, **FT), "'learning_rate'")
+
+# ---------------------------------------------------------------------------------------------------------------
+# Overflow and underflow in fp32
+
+def test_overflowing_images_stop_the_measurement_at_their_batch_naming_pairs_layers_and_scale(vit):
+    torch.manual_seed(1)
+    src, tgt = torch.randn(8, 3, 32, 32), torch.randn(8, 3, 32, 32)
+    src[4:] *= 1e30
+    tgt[4:] *= 1e30  # the second batch of 4 pairs overflows fp32; the first is ordinary
+    scale = max(src.abs().max().item(), tgt.abs().max().item())
+    for protocol in ("paper", "in_situ"):
+        e = refused(lambda: measure_plasticity(vit, src, tgt, protocol, batch_size=4, progress=False),
+                    "4 pair(s), e.g. pairs [4, 5, 6, 7], are NaN or infinite", "fp32 overflowed",
+                    f"largest |pixel| is {scale:.3g}", "normalise them", kinds=ValueError)
+        assert "layer(s) [0" in str(e)
+    df = measure_plasticity(vit, src[:4], tgt[:4], batch_size=4, progress=False)  # the ordinary half alone
+    assert np.isfinite(df["ratio"]).all() and len(df) == 4 * 2 * 5
+
+def test_pairs_of_different_images_with_equal_embeddings_are_not_called_identical(vit):
+    torch.manual_seed(2)
+    src, tgt = torch.randn(4, 3, 32, 32), torch.randn(4, 3, 32, 32)
+    src[2:] *= 1e-30
+    tgt[2:] *= 1e-30  # their embeddings are equal in fp32: bias and position embedding swamp the patches
+    tgt[0] = src[0]  # a truly identical pair
+    with pytest.warns(UserWarning) as w:
+        df = measure_plasticity(vit, src, tgt, progress=False)
+    msg = str(w[0].message)
+    assert "1 pair(s) of identical images, e.g. pairs [0]" in msg
+    assert "2 pair(s) of different images whose inputs are equal in fp32, e.g. pairs [2, 3]" in msg
+    assert sorted(df["pair"].unique()) == [1]
+    with pytest.warns(UserWarning):
+        refused(lambda: measure_plasticity(vit, src[2:], tgt[2:], progress=False), "no pair has d_in > 0",
+                kinds=ValueError)

@@ -4,6 +4,7 @@
 
 # %% ../nbs/00_components.ipynb #311acce2
 from __future__ import annotations
+import numbers
 import re
 from collections.abc import Iterable
 
@@ -62,9 +63,15 @@ def check_vit(model: nn.Module) -> VisionTransformer:
     return model
 
 # %% ../nbs/00_components.ipynb #37a65f66
+def _is_index(i) -> bool: return isinstance(i, numbers.Integral) and not isinstance(i, bool)
+
 def block_components(model: nn.Module, layer: int) -> dict[str, nn.Module]:
-    "The modules LN1, MHA, LN2, FC1, FC2 of block `layer` of a supported ViT, by paper name."
-    blk = check_vit(model).blocks[layer]
+    "The modules LN1, MHA, LN2, FC1, FC2 of block `layer` (negative: from the end) of a supported ViT."
+    blocks = check_vit(model).blocks
+    if not (_is_index(layer) and -len(blocks) <= layer < len(blocks)):
+        raise ValueError(f"layer={layer!r}: the model has blocks 0..{len(blocks) - 1} "
+                         "(negative indices count from the end)")
+    blk = blocks[layer]
     return {"LN1": blk.norm1, "MHA": blk.attn, "LN2": blk.norm2, "FC1": blk.mlp.fc1, "FC2": blk.mlp.fc2}
 
 # %% ../nbs/00_components.ipynb #0b7cdd03
@@ -76,8 +83,14 @@ def embed(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
 # %% ../nbs/00_components.ipynb #914a73a8
 def _as_components(components: str | Iterable[str]) -> set[str]:
     "Validate component names; 'full' means all of them."
+    if not isinstance(components, (str, Iterable)):
+        raise TypeError(f"components={components!r}: pass a component name or a list of them, "
+                        "e.g. 'MHA' or ['MHA', 'FC1']")
     names = [components] if isinstance(components, str) else list(components)
     valid = CONFIGURATIONS + (HEAD,)
+    if not names:
+        raise ValueError(f"components={components!r} names no component, so no block would train: pass "
+                         f"'head' to train the head alone, or one of {', '.join(CONFIGURATIONS)}")
     if bad := [c for c in names if c not in valid]:
         raise ValueError(f"unknown component(s) {bad}; valid names: {', '.join(valid)}")
     return set(COMPONENTS + (HEAD,)) if "full" in names else set(names)
@@ -86,10 +99,19 @@ def _as_components(components: str | Iterable[str]) -> set[str]:
 def _as_layers(layers: Iterable[int] | None, depth: int) -> set[int]:
     "Validate block indices; None means every block."
     if layers is None: return set(range(depth))
-    layers = {int(i) for i in layers}
-    if bad := sorted(i for i in layers if not 0 <= i < depth):
+    if isinstance(layers, (str, bytes)) or not isinstance(layers, Iterable):
+        raise TypeError(f"layers={layers!r}: pass a list of block indices, e.g. layers=[0], "
+                        "or None for every block")
+    layers = list(layers)
+    if not layers:
+        raise ValueError("layers=[] names no block, so none of the chosen components would train (only the "
+                         f"head would): pass block indices in 0..{depth - 1}, or None for every block")
+    if bad := [i for i in layers if not _is_index(i)]:
+        raise ValueError(f"layers={layers!r}: block indices must be integers, not {bad}: "
+                         "pass e.g. layers=[0, 1]")
+    if bad := sorted(int(i) for i in layers if not 0 <= i < depth):
         raise ValueError(f"layer(s) {bad} out of range: the model has blocks 0..{depth - 1}")
-    return layers
+    return {int(i) for i in layers}
 
 # %% ../nbs/00_components.ipynb #2bbf7608
 def trainable_table(model: nn.Module) -> pd.DataFrame:
@@ -107,8 +129,9 @@ def trainable_table(model: nn.Module) -> pd.DataFrame:
 def set_trainable(model: nn.Module, components: str | Iterable[str], layers: Iterable[int] | None = None,
                   train_head: bool = True) -> pd.DataFrame:
     "Train exactly `components` ('full', a paper name, or a list) in `layers` (default all) plus the head; freeze the rest."
+    if not isinstance(train_head, bool): raise TypeError(f"train_head={train_head!r}: pass True or False")
     wanted = _as_components(components) | ({HEAD} if train_head else set())
-    blocks = _as_layers(layers, len(check_vit(model).blocks))
+    blocks = _as_layers(layers, len(check_vit(model).blocks))  # all arguments checked before anything changes
     for name, p in model.named_parameters():
         comp, layer = component_of(name)
         p.requires_grad_(comp in wanted and (layer is None or layer in blocks))

@@ -4,11 +4,13 @@
 
 # %% ../nbs/05_finetune.ipynb #00a87114
 from __future__ import annotations
+import inspect
 import math
+import numbers
 import random
 import time
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from contextlib import nullcontext
 from functools import partial
 
@@ -26,17 +28,31 @@ from fastcore.basics import GetAttr, store_attr
 from torch import nn
 
 from .components import check_vit, set_trainable
+from .plasticity import check_device
 
 # %% auto #0
 __all__ = ['opt_func', 'warmup_cosine', 'clamp_warmup', 'StepLoader', 'StepBudgetCB', 'WarmupCosineCB', 'StepLogCB', 'EvalCB',
            'load_params', 'DivergenceCB', 'ThroughputCB', 'selective_learner', 'run_history', 'reset_head', 'evaluate',
            'seed_run', 'finetune']
 
+# %% ../nbs/05_finetune.ipynb #10a654bd
+def _integer(name: str, v, low: int) -> int:
+    "`v` if it is an integer >= `low` (not a bool), else a `ValueError` naming `name`."
+    if isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= low: return int(v)
+    raise ValueError(f"{name}={v!r}: pass an integer >= {low}")
+
+def _number(name: str, v, low: float = 0.0, strict: bool = False, other: str = "") -> float:
+    "`v` if it is a finite real number >= `low` (> `low` if `strict`; not a bool), else a `ValueError`."
+    ok = isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+    if ok and (v > low if strict else v >= low): return float(v)
+    raise ValueError(f"{name}={v!r}: pass a finite number {'>' if strict else '>='} {low:g}{other}")
+
 # %% ../nbs/05_finetune.ipynb #8ef2cab0
 def opt_func(opt: str = "sgd", # "sgd" (momentum 0.9, the paper's) or "adamw" (betas 0.9/0.999, the ablation's)
              wd: float = 0.0, # PyTorch's `weight_decay` (the paper: 0)
             ) -> Callable:
     "A fastai `opt_func` building the paper's optimiser, PyTorch's own, over the parameters it is given."
+    wd = _number("wd", wd)
     if opt == "sgd": return partial(OptimWrapper, opt=torch.optim.SGD, momentum=0.9, weight_decay=wd)
     if opt == "adamw": return partial(OptimWrapper, opt=torch.optim.AdamW, betas=(0.9, 0.999), weight_decay=wd)
     raise ValueError(f"unknown optimiser {opt!r}; valid names: sgd, adamw")
@@ -62,7 +78,8 @@ def clamp_warmup(warmup_steps: int, n_steps: int) -> int:
 class StepLoader(GetAttr):
     "An endless stream of batches from `dl`, restarted (so reshuffled) when it runs out, served `n` per iteration."
     _default = "dl"
-    def __init__(self, dl: Iterable, n: int = 1): self.dl, self.n, self._it = dl, n, iter(())
+    def __init__(self, dl: Iterable, n: int = 1, check: Callable | None = None):  # check(b) raises on a bad b
+        self.dl, self.n, self.check, self._it = dl, n, check, iter(())
     def __len__(self) -> int: return self.n
     def __iter__(self):
         for _ in range(self.n): yield self._next()
@@ -70,6 +87,7 @@ class StepLoader(GetAttr):
         b = next(self._it, None)
         if b is None: self._it = iter(self.dl); b = next(self._it, None)
         if b is None: raise ValueError("the training DataLoader yields no batch")
+        if self.check is not None: self.check(b)
         return b
 
 # %% ../nbs/05_finetune.ipynb #a4238722
@@ -170,15 +188,106 @@ class ThroughputCB(Callback):
     def images_per_s(self) -> float | None: return self.n_images / self.seconds if self.seconds else None
 
 # %% ../nbs/05_finetune.ipynb #3eaf9093
-def _amp_cbs(mixed_precision: bool | str) -> list[Callback]:
-    "fastai's `MixedPrecision` for True/'fp16'/'bf16' on a GPU; nothing for False."
-    if not mixed_precision: return []
+def _amp_cbs(mixed_precision: bool | str, device: torch.device = torch.device("cuda")) -> list[Callback]:
+    "fastai's `MixedPrecision` for True/'fp16'/'bf16' on a GPU (the model's `device`); nothing for False."
+    if mixed_precision is False: return []
     mode = "fp16" if mixed_precision is True else mixed_precision
     if mode not in ("fp16", "bf16"):
         raise ValueError(f"mixed_precision={mixed_precision!r}; valid: False, True, 'fp16', 'bf16'")
     if not torch.cuda.is_available():
         raise ValueError("mixed precision needs a CUDA GPU; on the CPU train in fp32 (mixed_precision=False)")
+    if device.type != "cuda":
+        raise ValueError(f"mixed precision needs the model on a CUDA GPU, but it is on {device}: "
+                         "call model.cuda()")
     return [MixedPrecision(mode)]
+
+# %% ../nbs/05_finetune.ipynb #c864fae3
+def _describe(b) -> str:
+    "What a batch is, in a few words, for an error message."
+    if isinstance(b, torch.Tensor): return f"a tensor of shape {tuple(b.shape)}"
+    if isinstance(b, (tuple, list)):
+        return f"a {type(b).__name__} of {', '.join(type(t).__name__ for t in b) or 'nothing'}"
+    return f"a {type(b).__name__}"
+
+def _check_batch(b, role: str, n_classes: int | None) -> tuple:
+    "`b` if it is a batch (x..., y) of tensors, y integer labels in 0..n_classes-1, else an error."
+    if not (isinstance(b, (tuple, list)) and len(b) >= 2 and all(isinstance(t, torch.Tensor) for t in b)):
+        raise TypeError(f"{role} must yield (x, y) batches of tensors, got {_describe(b)}: build loaders "
+                        "with `vit_plasticity.data.dataloaders(name)` (its `dls[2]` is the test loader)")
+    y = b[-1]
+    if y.ndim != 1 or y.is_floating_point() or y.dtype == torch.bool or len(y) != len(b[0]):
+        raise TypeError(f"{role}: y must hold one integer class index per image, got {y.dtype} labels of "
+                        f"shape {tuple(y.shape)} for {len(b[0])} images")
+    if n_classes is not None and len(y) and ((y < 0) | (y >= n_classes)).any():
+        raise ValueError(f"{role} has labels {int(y.min())}..{int(y.max())}, but the model's head has "
+                         f"{n_classes} classes: load the model with `load_vit(name, num_classes=dls.c)`")
+    return b
+
+# %% ../nbs/05_finetune.ipynb #fa35a279
+def _is_loader(dl) -> bool:
+    "Whether `dl` can be a loader of batches: iterable, and not a name, a mapping or a tensor."
+    return isinstance(dl, Iterable) and not isinstance(dl, (str, bytes, Mapping, torch.Tensor))
+
+def _check_first_batch(dl, role: str, n_classes: int | None) -> None:
+    "Check that `dl` is a loader and its first batch a good one, drawn on a forked random generator."
+    if isinstance(dl, str):
+        raise TypeError(f"{role}={dl!r} is a dataset's name: pass its loader, "
+                        f"`vit_plasticity.data.dataloaders({dl!r})[2]`")
+    if not _is_loader(dl):
+        raise TypeError(f"{role} is a {type(dl).__name__}: pass a loader of (x, y) batches, "
+                        "e.g. `vit_plasticity.data.dataloaders(name)[2]`")
+    with torch.random.fork_rng(devices=[]): b = next(iter(dl), None)
+    if b is None: raise ValueError(f"{role} yields no batch: pass a loader with at least one batch")
+    _check_batch(b, role, n_classes)
+
+def _check_dls(dls, n_classes: int) -> None:
+    "Refuse anything but loaders `dls.train` and `dls.valid` whose classes fit the head's `n_classes`."
+    if isinstance(dls, str):
+        raise TypeError(f"dls={dls!r} is a dataset's name, not loaders: build them with `dls = "
+                        f"vit_plasticity.data.dataloaders({dls!r})` and pass `dls` (and `dls[2]` as test_dl)")
+    if not (_is_loader(getattr(dls, "train", None)) and _is_loader(getattr(dls, "valid", None))):
+        raise TypeError(f"dls is a {type(dls).__name__}: pass fastai DataLoaders (dls.train, dls.valid), "
+                        "e.g. `vit_plasticity.data.dataloaders(name)`")
+    if isinstance(c := getattr(dls, "c", None), int) and c != n_classes:
+        raise ValueError(f"the loaders have {c} classes (dls.c) but the model's head has {n_classes}: "
+                         "load the model with `load_vit(name, num_classes=dls.c)`")
+    _check_first_batch(dls.valid, "dls.valid", n_classes)
+
+# %% ../nbs/05_finetune.ipynb #76de73a8
+def _check_model(model: nn.Module) -> nn.Module:
+    "`model` if it can be trained: a supported ViT with data, fp32 weights, a head."
+    vit = check_vit(model)
+    check_device(None, vit)
+    if bad := {p.dtype for p in vit.parameters() if p.dtype != torch.float32}:
+        raise ValueError(f"the model has {bad} parameters but trains in fp32 (the paper's): call "
+                         "model.float(), and pass mixed_precision for fp16 or bf16 compute on a GPU")
+    if not vit.num_classes >= 1:
+        raise ValueError(f"the model has no classification head (num_classes={vit.num_classes}, like the "
+                         "in21k checkpoints): load it with `load_vit(name, num_classes=dls.c)`")
+    return vit
+
+# %% ../nbs/05_finetune.ipynb #4cf80081
+def _check_learner_args(model, dls, train, lr, n_steps, warmup_steps, opt, eval_period, final_eval, clip,
+                        grad_accum, mixed_precision, wd, layers, train_head, cbs) -> None:
+    "Every argument of `selective_learner` (same names), checked before any work."
+    vit = _check_model(model)
+    _check_dls(dls, vit.num_classes)
+    _number("lr", lr)
+    _integer("n_steps", n_steps, 1)
+    _integer("eval_period", eval_period, 1)
+    _integer("grad_accum", grad_accum, 1)
+    _integer("warmup_steps", warmup_steps, 0)
+    if not isinstance(final_eval, bool): raise ValueError(f"final_eval={final_eval!r}: pass True or False")
+    if eval_period > n_steps and not final_eval:
+        raise ValueError(f"eval_period={eval_period} > n_steps={n_steps}: the run would never be validated; "
+                         "lower eval_period to at most n_steps or pass final_eval=True")
+    if clip is not None: _number("clip", clip, strict=True, other=", or None for no clipping")
+    opt_func(opt, wd)
+    _amp_cbs(mixed_precision, next(vit.parameters()).device)
+    is_cb = lambda c: isinstance(c, Callback) or (isinstance(c, type) and issubclass(c, Callback))
+    if not (cbs is None or isinstance(cbs, Iterable) and all(is_cb(c) for c in cbs)):
+        raise TypeError(f"cbs={cbs!r}: pass a list of fastai callbacks")
+    set_trainable(vit, train, layers, train_head)  # checks its arguments before it sets anything
 
 # %% ../nbs/05_finetune.ipynb #883a1615
 def selective_learner(model: nn.Module, # a timm ViT (see `check_vit`), its head sized to the task
@@ -199,15 +308,13 @@ def selective_learner(model: nn.Module, # a timm ViT (see `check_vit`), its head
                       cbs: list[Callback] | None = None, # extra callbacks
                      ) -> Learner:
     "A plain fastai `Learner` that trains exactly configuration `train` of `model` with the paper's optimisation."
-    if min(n_steps, eval_period, grad_accum) < 1: raise ValueError("n_steps, eval_period and grad_accum must be >= 1")
-    if eval_period > n_steps and not final_eval:
-        raise ValueError(f"eval_period={eval_period} > n_steps={n_steps}: the run would never be validated; "
-                         "lower eval_period to at most n_steps or pass final_eval=True")
-    set_trainable(model, train, layers, train_head)
-    step_dls = DataLoaders(StepLoader(dls.train), dls.valid, path=getattr(dls, "path", "."))
+    _check_learner_args(**locals())  # the arguments: no other name is bound yet
+    check = partial(_check_batch, role="dls.train", n_classes=model.num_classes)  # every batch served
+    step_dls = DataLoaders(StepLoader(dls.train, check=check), dls.valid, path=getattr(dls, "path", "."))
     schedule = WarmupCosineCB(lr, n_steps, clamp_warmup(warmup_steps, n_steps))
+    amp = _amp_cbs(mixed_precision, next(model.parameters()).device)
     cbs = [StepBudgetCB(n_steps, eval_period, grad_accum, final_eval), schedule, StepLogCB(clip), EvalCB(),
-           DivergenceCB(), ThroughputCB(), *_amp_cbs(mixed_precision), *(cbs or [])]
+           DivergenceCB(), ThroughputCB(), *amp, *(cbs or [])]
     return Learner(step_dls, model, loss_func=nn.CrossEntropyLoss(), opt_func=opt_func(opt, wd), lr=lr,
                    splitter=trainable_params, wd=wd, train_bn=False, metrics=accuracy, cbs=cbs)
 
@@ -225,8 +332,9 @@ def reset_head(model: nn.Module, # a timm ViT; its `head` is replaced
               ) -> nn.Module: # `model`, holding the new head on the device and in the dtype of its parameters
     "Replace the classifier by a new `nn.Linear(d, n_classes)` with PyTorch's default init, on a forked RNG."
     vit = check_vit(model)
-    if not (isinstance(n_classes, int) and n_classes >= 1):
+    if not (isinstance(n_classes, int) and not isinstance(n_classes, bool) and n_classes >= 1):
         raise ValueError(f"n_classes must be a positive integer, got {n_classes!r}")
+    if seed is not None: _integer("seed", seed, 0)
     with torch.random.fork_rng(devices=[]):
         if seed is not None: torch.manual_seed(seed)
         head = nn.Linear(vit.embed_dim, n_classes)
@@ -238,10 +346,12 @@ def reset_head(model: nn.Module, # a timm ViT; its `head` is replaced
 @torch.inference_mode()
 def evaluate(model: nn.Module, dl: Iterable) -> tuple[float, float]:
     "Mean cross-entropy and accuracy of `model`, in eval mode, over the (inputs..., target) batches of `dl`."
+    _check_first_batch(dl, "dl", getattr(model, "num_classes", None))
     was_training, device = model.training, next(model.parameters()).device
     model.eval()
     loss, correct, n = 0.0, 0, 0
-    for *xs, yb in dl:  # fastai's tensor subclasses are stripped to plain tensors
+    for b in dl:  # fastai's tensor subclasses are stripped to plain tensors
+        *xs, yb = _check_batch(b, "dl", getattr(model, "num_classes", None))
         out, yb = model(*[x.as_subclass(torch.Tensor).to(device) for x in xs]), yb.as_subclass(torch.Tensor).to(device)
         loss += F.cross_entropy(out, yb, reduction="sum").item()
         correct, n = correct + (out.argmax(-1) == yb).sum().item(), n + len(yb)
@@ -262,7 +372,7 @@ def _metrics(learn: Learner, test_dl: Iterable) -> dict:
 # %% ../nbs/05_finetune.ipynb #04f1d344
 def seed_run(seed: int, dl: Iterable | None = None) -> None:
     "Seed Python, NumPy and PyTorch (fastai's `set_seed`) and, if `dl` is a fastai `DataLoader`, its shuffling."
-    set_seed(seed, reproducible=True)
+    set_seed(_integer("seed", seed, 0), reproducible=True)
     if isinstance(getattr(dl, "rng", None), random.Random): dl.rng = random.Random(seed)
 
 # %% ../nbs/05_finetune.ipynb #707fb96a
@@ -280,6 +390,13 @@ def finetune(model: nn.Module, # a timm ViT, head sized to the task; left holdin
             ) -> tuple[dict, pd.DataFrame]:
     "Finetune configuration `train` for `n_steps` steps: metrics (best checkpoint tested once), history."
     start = time.perf_counter()
+    args = inspect.signature(selective_learner).bind(model, dls, train, lr, n_steps, final_eval=final_eval,
+                                                     **kwargs)
+    args.apply_defaults()
+    _check_learner_args(**args.arguments)  # all before the new head, the seeding and the run
+    _check_first_batch(test_dl, "test_dl", model.num_classes)
+    if seed is not None: _integer("seed", seed, 0)
+    if not isinstance(new_head, bool): raise ValueError(f"new_head={new_head!r}: pass True or False")
     if new_head: reset_head(model, model.num_classes, seed)
     if seed is not None: seed_run(seed, dls.train)
     learn = selective_learner(model, dls, train, lr, n_steps, final_eval=final_eval, **kwargs)

@@ -24,8 +24,8 @@ from .components import check_vit
 
 # %% auto #0
 __all__ = ['PRESETS', 'PAPER_LN_EPS', 'STANDIN_PREFIX', 'TINY_VIT_FILE', 'STANDIN_DEPTH', 'STANDIN_HEAD_DIM', 'resolve_name',
-           'set_ln_eps', 'WeightsFileError', 'WeightsUnavailableError', 'weight_shapes', 'reachable', 'tiny_recipe',
-           'load_vit', 'check_weights', 'fetch_weights', 'standin_vit', 'checkpoint_stats']
+           'check_model_name', 'set_ln_eps', 'WeightsFileError', 'WeightsUnavailableError', 'weight_shapes',
+           'reachable', 'tiny_recipe', 'load_vit', 'check_weights', 'fetch_weights', 'standin_vit', 'checkpoint_stats']
 
 # %% ../nbs/04_models.ipynb #d9c0fad7
 PRESETS = {"vit-b16": "vit_base_patch16_224.orig_in21k",  # the paper's main model
@@ -39,6 +39,9 @@ STANDIN_PREFIX = "rehearse:"  # "rehearse:vit-b16": a random tiny stand-in of vi
 def resolve_name(name: str, # a preset (`PRESETS`), a timm model name (optionally with a `.tag`), or a stand-in
                 ) -> str:   # the timm model name
     "The timm name behind `name`; warns on timm's deprecated aliases, `ValueError` listing the presets if unknown."
+    if not isinstance(name, str):
+        raise ValueError(f"model name {name!r} is a {type(name).__name__}: pass a preset "
+                         f"({', '.join(PRESETS)}) or a timm model name")
     if name.startswith(STANDIN_PREFIX): return resolve_name(name.removeprefix(STANDIN_PREFIX))
     if name in PRESETS: return PRESETS[name]
     new = getattr(timm.models._registry, "_deprecated_models", {}).get(name)
@@ -51,6 +54,25 @@ def resolve_name(name: str, # a preset (`PRESETS`), a timm model name (optionall
         except RuntimeError as e: raise ValueError(f"{e} Known tags: timm.list_pretrained('{name.split('.')[0]}*')") from e
         return name
     raise ValueError(f"unknown model {name!r}: use a preset ({', '.join(PRESETS)}) or a timm model name")
+
+# %% ../nbs/04_models.ipynb #1087fb56
+def _meta_vit(name: str, timm_name: str) -> VisionTransformer:
+    "`timm_name` built on the meta device if it is a supported ViT; else a `ValueError`."
+    try:
+        with torch.device("meta"): model = timm.create_model(timm_name, pretrained=False)
+    except Exception as e:
+        raise ValueError(f"model {name!r} ({timm_name}) cannot be built by timm: {e}") from e
+    try: return check_vit(model)
+    except TypeError as e:
+        raise ValueError(f"model {name!r} ({timm_name}) is not a ViT this library can map: {e}. Use a preset "
+                         f"({', '.join(PRESETS)}) or a timm ViT such as deit_small_patch16_224") from e
+
+def check_model_name(name: str, # a preset, a stand-in "rehearse:<model>", or a timm name (with a `.tag`)
+                    ) -> str:   # the timm name (`resolve_name`)
+    "The timm name of `name` if it names a supported ViT (checked on the meta device), else a `ValueError`."
+    timm_name = resolve_name(name)
+    _meta_vit(name, timm_name)
+    return timm_name
 
 # %% ../nbs/04_models.ipynb #3d6d0bdb
 def set_ln_eps(model: nn.Module, # any model
@@ -68,6 +90,14 @@ def _ln_eps(ln_eps: str | float | None) -> float | None:
     if ln_eps == "timm" or ln_eps is None: return None
     if isinstance(ln_eps, (int, float)) and not isinstance(ln_eps, bool) and ln_eps >= 0: return float(ln_eps)
     raise ValueError(f"ln_eps must be 'paper' ({PAPER_LN_EPS}), 'timm' or a non-negative number, got {ln_eps!r}")
+
+def _check_num_classes(num_classes: int | None) -> int | None:
+    "`num_classes` if it is None (the checkpoint's head) or an integer >= 0 (0: no head), else an error."
+    if num_classes is None: return None
+    if isinstance(num_classes, int) and not isinstance(num_classes, bool) and num_classes >= 0:
+        return num_classes
+    raise ValueError(f"num_classes={num_classes!r}: pass the number of classes of the task (an integer "
+                     ">= 1), 0 for no head (features only), or None for the checkpoint's head")
 
 # %% ../nbs/04_models.ipynb #c2bf47df
 class WeightsFileError(ValueError):
@@ -190,8 +220,9 @@ def load_vit(name: str,                     # preset ("vit-b16", "vit-l16", "vit
              **kwargs,                       # more `timm.create_model` arguments (img_size, drop_path_rate, ...)
             ) -> VisionTransformer:
     "A ViT by preset or timm name, with published or local weights, the paper's LayerNorm eps and a `num_classes` head."
+    if not isinstance(pretrained, bool): raise ValueError(f"pretrained={pretrained!r}: pass True or False")
+    timm_name, eps, num_classes = check_model_name(name), _ln_eps(ln_eps), _check_num_classes(num_classes)
     if name.startswith(STANDIN_PREFIX): return standin_vit(name, num_classes, ln_eps)  # a rehearsal's stand-in
-    timm_name, eps = resolve_name(name), _ln_eps(ln_eps)
     base, kw = _base_overlay(name, weights)
     cfg, overlay = get_pretrained_cfg(timm_name) or PretrainedCfg(architecture=timm_name, tag=""), None
     if weights is not None or pretrained:
@@ -206,13 +237,11 @@ def check_weights(name: str, # a preset, a timm name or a stand-in
                   cache_dir: str | Path | None = None, # Hugging Face cache (default $HF_HOME/hub)
                  ) -> str: # "stand-in", "shipped", "cached" or "download"
     "Where `load_vit(name)` will find weights; `WeightsUnavailableError` (as `load_vit` raises it) if nowhere."
-    if name.startswith(STANDIN_PREFIX):
-        resolve_name(name)
-        return "stand-in"
+    timm_name = check_model_name(name)
+    if name.startswith(STANDIN_PREFIX): return "stand-in"
     if name == "tiny-fmnist":
         tiny_recipe()
         return "shipped"
-    timm_name = resolve_name(name)
     cfg = get_pretrained_cfg(timm_name) or PretrainedCfg(architecture=timm_name, tag="")
     return "cached" if "file" in _hub_overlay(name, timm_name, cfg, cache_dir) else "download"
 
@@ -234,9 +263,8 @@ def _architecture(name: str) -> dict:
     if name == "tiny-fmnist":
         a = tiny_recipe()["architecture"]
         return dict(patch_size=a["patch_size"], img_size=a["img_size"], in_chans=a["in_chans"], num_heads=a["num_heads"])
-    with torch.device("meta"):
-        m = timm.create_model(resolve_name(name), pretrained=False)
-    pe = check_vit(m).patch_embed
+    m = _meta_vit(name, resolve_name(name))
+    pe = m.patch_embed
     return dict(patch_size=pe.patch_size[0], img_size=pe.img_size[0], in_chans=pe.proj.in_channels,
                 num_heads=m.blocks[0].attn.num_heads)
 
@@ -247,7 +275,7 @@ def standin_vit(name: str,                     # the model it stands in for: a p
                 seed: int = 0,                  # seed of the random initialisation (the global RNG is untouched)
                ) -> VisionTransformer:
     "A random tiny model of `name`'s timm class, patch size, input size and heads, for rehearsals."
-    name = name.removeprefix(STANDIN_PREFIX)
+    name, num_classes = name.removeprefix(STANDIN_PREFIX), _check_num_classes(num_classes)
     arch = _architecture(name)
     kw = dict(depth=STANDIN_DEPTH, embed_dim=arch["num_heads"] * STANDIN_HEAD_DIM, **arch)
     kw |= {} if num_classes is None else dict(num_classes=num_classes)

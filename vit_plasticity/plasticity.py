@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 import sys
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
 import matplotlib.pyplot as plt
@@ -22,8 +22,8 @@ from torch import nn
 from .components import block_components, check_vit, embed
 
 # %% auto #0
-__all__ = ['THEORETICAL_RANK', 'COMPONENT_COLORS', 'PROTOCOLS', 'PAIRINGS', 'check_images', 'measure_plasticity', 'layer_summary',
-           'component_summary', 'plot_plasticity_boxplot', 'plot_plasticity_depth']
+__all__ = ['THEORETICAL_RANK', 'COMPONENT_COLORS', 'PROTOCOLS', 'PAIRINGS', 'check_images', 'check_device', 'measure_plasticity',
+           'layer_summary', 'component_summary', 'plot_plasticity_boxplot', 'plot_plasticity_depth']
 
 # %% ../nbs/01_plasticity.ipynb #d0b1253b
 THEORETICAL_RANK = {"MHA": 1, "FC1": 2, "FC2": 3, "LN2": 4, "LN1": 5}  # the paper's: 1 = most plastic
@@ -90,11 +90,12 @@ def _in_situ_batch(model: nn.Module, comps: list[dict[str, nn.Module]], a: torch
                    ) -> tuple[torch.Tensor, torch.Tensor]:
     "Protocol 'in_situ' on a batch of image pairs: d_in, d_out (B, L, 5) of each component's real input and output."
     B = len(a)
-    d_in = a.new_full((B, len(comps), 5), float("nan"))
-    d_out = d_in.clone()
+    d_in = a.new_zeros((B, len(comps), 5))
+    d_out, ran = d_in.clone(), torch.zeros(len(comps), 5, dtype=torch.bool)
     def record(l, c):
         def hook(module, args, out):
             d_in[:, l, c], d_out[:, l, c] = _fro(args[0][:B] - args[0][B:]), _fro(out[:B] - out[B:])
+            ran[l, c] = True
         return hook
     handles = [m.register_forward_hook(record(l, c)) for l, f in enumerate(comps) for c, m in enumerate(f.values())]
     try:
@@ -102,11 +103,22 @@ def _in_situ_batch(model: nn.Module, comps: list[dict[str, nn.Module]], a: torch
         for blk in model.blocks: h = blk(h)
     finally:
         for hd in handles: hd.remove()
-    if missing := sorted({(l, list(comps[0])[c]) for _, l, c in d_out.isnan().nonzero().tolist()}):
-        raise RuntimeError(f"(layer, component) {missing[:5]} did not run in the blocks' forward pass")
+    if missing := [(l, list(comps[0])[c]) for l, c in (~ran).nonzero().tolist()]:
+        raise TypeError(f"the model's blocks never ran (layer, component) {missing[:5]} in their forward "
+                        "pass: protocol 'in_situ' needs timm's standard block forward; use protocol='paper'")
     return d_in, d_out
 
 # %% ../nbs/01_plasticity.ipynb #c02720a7
+def _check_data(data, role: str) -> None:
+    "Refuse at once what cannot hold images: a dataset's name, None, a number, a mapping."
+    if isinstance(data, torch.Tensor): return
+    if isinstance(data, str):
+        raise TypeError(f"{role}={data!r} is a name, not images: pass an image tensor (B, C, H, W) or a "
+                        f"loader, e.g. `vit_plasticity.data.plasticity_images({data!r})`")
+    if isinstance(data, (bytes, Mapping)) or not isinstance(data, Iterable):
+        raise TypeError(f"{role} is a {type(data).__name__}: pass an image tensor (B, C, H, W) or an "
+                        "iterable of batches xb or (xb, yb) (a DataLoader)")
+
 def _images(data: torch.Tensor | Iterable, role: str) -> Iterator[torch.Tensor]:
     "Checked image batches (B, C, H, W) from a tensor or an iterable of `xb` or `(xb, yb, ...)`."
     seen = 0
@@ -210,13 +222,46 @@ def check_images(model: nn.Module, xb: torch.Tensor, role: str = "images") -> to
     return _check_fits(model, xb, role)
 
 # %% ../nbs/01_plasticity.ipynb #51fabbe9
-@contextmanager
-def _measuring(model: nn.Module, device: str | torch.device | None):
-    "Eval mode, inference mode and `device` (default: the model's) inside; each module's mode and the device restored."
+def check_device(device: str | torch.device | int | None, # where to compute; None: the model's device
+                 model: nn.Module, # the model that will run there
+                ) -> torch.device:
+    "The device to run `model` on if this machine has it and the model has data, else a `ValueError`."
+    p = next(model.parameters(), None)
+    home = torch.device("cpu") if p is None else p.device
+    if home.type == "meta":
+        raise ValueError("the model's parameters are on the meta device (shapes without data): build or load "
+                         "it outside `torch.device('meta')`, e.g. with `vit_plasticity.models.load_vit`")
+    if device is None: return home
+    try: dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as e:
+        raise ValueError(f"device={device!r} is not a torch device ({e}): pass 'cpu', 'cuda:0' "
+                         "or None") from e
+    n_gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    usable = {"cpu": True, "cuda": (dev.index or 0) < n_gpus, "mps": torch.backends.mps.is_available()}
+    if not usable.get(dev.type, False):
+        gpus = "" if n_gpus == 0 else f" or one of cuda:0..cuda:{n_gpus - 1}"
+        raise ValueError(f"device={device!r} is not available here ({n_gpus} CUDA GPU(s) visible): pass "
+                         f"device='cpu'{gpus}, or None for the model's device ({home})")
+    return dev
+
+# %% ../nbs/01_plasticity.ipynb #a76a6ea2
+def _all_finite(t: torch.Tensor) -> bool:
+    "Whether `t` holds no NaN or inf: they show in its min or max (one pass, no tensor-sized temporary)."
+    return t.numel() == 0 or bool(torch.isfinite(torch.stack(torch.aminmax(t.detach()))).all())
+
+def _check_parameters(model: nn.Module) -> None:
+    "Refuse, before any work, a model whose parameters are not fp32 or hold NaN or inf."
     if bad := {p.dtype for p in model.parameters() if p.dtype != torch.float32}:
-        raise ValueError(f"the plasticity protocol runs in fp32 but the model has {bad} parameters: call model.float()")
+        raise ValueError(f"the plasticity protocol runs in fp32 but the model has {bad} parameters: "
+                         "call model.float()")
+    if bad := [n for n, p in model.named_parameters() if not _all_finite(p)]:
+        raise ValueError(f"the model's parameters {bad[:3]} hold NaN or inf (a diverged run?): "
+                         "load finite weights")
+
+@contextmanager
+def _measuring(model: nn.Module, dev: torch.device):
+    "Eval mode, inference mode and device `dev` inside; each module's mode and the model's device restored."
     modes, home = [(m, m.training) for m in model.modules()], next(model.parameters()).device
-    dev = home if device is None else torch.device(device)
     model.eval().to(dev)
     try:
         with torch.inference_mode(): yield dev
@@ -225,17 +270,41 @@ def _measuring(model: nn.Module, device: str | torch.device | None):
         for m, mode in modes: m.training = mode
 
 # %% ../nbs/01_plasticity.ipynb #75f4354e
-def _tidy(d_in: torch.Tensor, d_out: torch.Tensor, names: Sequence[str]) -> pd.DataFrame:
-    "One row per (pair, layer, component) from distances (P, L, C); rows with d_in = 0 dropped with a warning."
+def _check_finite(d_in: torch.Tensor, d_out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, first: int,
+                  names: Sequence[str]) -> None:
+    "Raise if the distances (B, L, C) of finite images a, b (pairs `first`...) are NaN or infinite."
+    bad = ~(torch.isfinite(d_in) & torch.isfinite(d_out))
+    if not bad.any(): return
+    pairs = (bad.flatten(1).any(1).nonzero().flatten() + first).tolist()
+    layers = bad.any(2).any(0).nonzero().flatten().tolist()
+    comps = ", ".join(names[c] for c in bad.any(1).any(0).nonzero().flatten().tolist())
+    scale = max(a.abs().max().item(), b.abs().max().item())
+    raise ValueError(f"the distances of {len(pairs)} pair(s), e.g. pairs {pairs[:5]}, are NaN or infinite "
+                     f"in layer(s) {layers[:5]}, component(s) {comps}: fp32 overflowed. The images' largest "
+                     f"|pixel| is {scale:.3g}, where normalised images have pixels of order 1: normalise "
+                     "them (the model's transforms, `data.dataset_transforms`)")
+
+# %% ../nbs/01_plasticity.ipynb #f9753c68
+def _zero_d_in(pairs: Sequence[int], same: torch.Tensor) -> str:
+    "The warning for the `pairs` with d_in = 0; `same[k]`: pair k's two images are equal."
+    equal, unequal = [k for k in pairs if same[k]], [k for k in pairs if not same[k]]
+    parts = [f"{len(equal)} pair(s) of identical images, e.g. pairs {equal[:5]}"] if equal else []
+    parts += [f"{len(unequal)} pair(s) of different images whose inputs are equal in fp32, e.g. pairs "
+              f"{unequal[:5]} (images scaled far from normalised: too small to register, or so large that a "
+              "LayerNorm's variance overflowed)"] if unequal else []
+    return f"{' and '.join(parts)} have d_in = 0: their ratio 0/0 is undefined and their rows are dropped"
+
+def _tidy(d_in: torch.Tensor, d_out: torch.Tensor, names: Sequence[str], same: torch.Tensor) -> pd.DataFrame:
+    "One row per (pair, layer, component) from distances (P, L, C); rows with d_in = 0 dropped (warned)."
     pair, layer, comp = (i.ravel() for i in np.indices(d_out.shape))
     df = pd.DataFrame({"pair": pair, "layer": layer, "component": np.asarray(names)[comp],
                        "d_in": d_in.double().numpy().ravel(), "d_out": d_out.double().numpy().ravel()})
     df["ratio"] = df["d_out"] / df["d_in"]
-    if (same := df["d_in"] == 0).any():
-        pairs = sorted(int(k) for k in df.loc[same, "pair"].unique())
-        warnings.warn(f"{len(pairs)} pair(s) have identical inputs (d_in = 0), e.g. pairs {pairs[:5]}: "
-                      "their ratio 0/0 is undefined and their rows are dropped")
-        df = df[~same].reset_index(drop=True)
+    if (zero := df["d_in"] == 0).any():
+        warnings.warn(_zero_d_in(sorted(int(k) for k in df.loc[zero, "pair"].unique()), same))
+        df = df[~zero].reset_index(drop=True)
+    if df.empty:
+        raise ValueError(f"no pair has d_in > 0, so there is no ratio: {_zero_d_in(range(len(same)), same)}")
     return df
 
 # %% ../nbs/01_plasticity.ipynb #94c90e08
@@ -256,6 +325,41 @@ def _check_pairing(source, target, n_pairs: int | None, bs: int, pairing: str) -
     if pairing == "authors" and n_tgt and n_tgt < bs and wanted and min(wanted) > n_tgt:
         raise _short_target(n_tgt, bs)
 
+# %% ../nbs/01_plasticity.ipynb #c64bb986
+def _positive_int(name: str, v) -> int:
+    "`v` if it is a positive integer (a bool is not), else a `ValueError` naming `name`."
+    if isinstance(v, int) and not isinstance(v, bool) and v > 0: return v
+    raise ValueError(f"{name} must be a positive integer, got {v!r}")
+
+def _check_arguments(model: nn.Module, source, target, protocol: str, n_pairs: int | None, batch_size: int,
+                     pairing: str, device) -> torch.device:
+    "Every argument of `measure_plasticity` checked before any work; the device to compute on."
+    check_vit(model)
+    if protocol not in PROTOCOLS: raise ValueError(f"unknown protocol {protocol!r}; valid: {', '.join(PROTOCOLS)}")
+    if pairing not in PAIRINGS: raise ValueError(f"unknown pairing {pairing!r}; valid: {', '.join(PAIRINGS)}")
+    _positive_int("n_pairs", 1 if n_pairs is None else n_pairs)
+    _positive_int("batch_size", batch_size)
+    dev = check_device(device, model)
+    _check_parameters(model)
+    _check_data(source, "source")
+    _check_data(target, "target")
+    _check_pairing(source, target, n_pairs, batch_size, pairing)
+    return dev
+
+# %% ../nbs/01_plasticity.ipynb #23505cf4
+def _distances(model: nn.Module, comps: list[dict[str, nn.Module]], batches: Iterable, batch_fn,
+               dev: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    "d_in, d_out (P, L, 5) and whether each pair's images are equal (P,), on the CPU; stops if not finite."
+    d_in, d_out, same, names = [], [], [], list(comps[0])
+    for a, b in batches:
+        _check_fits(model, a, "source")  # `_pairs` checked a and b already; b has a's shape
+        di, do = (t.cpu() for t in batch_fn(model, comps, a.to(dev, torch.float32), b.to(dev, torch.float32)))
+        _check_finite(di, do, a, b, sum(map(len, d_in)), names)
+        d_in.append(di)
+        d_out.append(do)
+        same.append((a == b).flatten(1).all(1).cpu())
+    return torch.cat(d_in), torch.cat(d_out), torch.cat(same)
+
 # %% ../nbs/01_plasticity.ipynb #f799cdf9
 def measure_plasticity(
     model: nn.Module,  # a timm ViT (see `check_vit`), in fp32
@@ -269,26 +373,26 @@ def measure_plasticity(
     progress: bool = True,  # show a progress bar over the batches
 ) -> pd.DataFrame:  # one row per (pair, layer, component): pair, layer, component, d_in, d_out, ratio
     "Plasticity ratios ‖f(x)-f(y)‖_F / ‖x-y‖_F of LN1, MHA, LN2, FC1, FC2 in every block, for each image pair."
-    comps = [block_components(model, l) for l in range(len(check_vit(model).blocks))]
-    if protocol not in PROTOCOLS: raise ValueError(f"unknown protocol {protocol!r}; valid: {', '.join(PROTOCOLS)}")
-    if pairing not in PAIRINGS: raise ValueError(f"unknown pairing {pairing!r}; valid: {', '.join(PAIRINGS)}")
-    for name, v in [("n_pairs", 1 if n_pairs is None else n_pairs), ("batch_size", batch_size)]:
-        if not (isinstance(v, int) and v > 0): raise ValueError(f"{name} must be a positive integer, got {v!r}")
-    _check_pairing(source, target, n_pairs, batch_size, pairing)
+    dev = _check_arguments(model, source, target, protocol, n_pairs, batch_size, pairing, device)
+    comps = [block_components(model, l) for l in range(len(model.blocks))]
     batch_fn = {"paper": _paper_batch, "in_situ": _in_situ_batch}[protocol]
     batches = _pairs(source, target, batch_size, n_pairs, pairing)
     if progress: batches = progress_bar(batches, total=_n_batches(source, n_pairs, batch_size), leave=False)
-    d_in, d_out = [], []
-    with _measuring(model, device) as dev:
-        for a, b in batches:
-            _check_fits(model, a, "source")  # `_pairs` checked a and b already; b has a's shape
-            di, do = batch_fn(model, comps, a.to(dev, torch.float32), b.to(dev, torch.float32))
-            d_in.append(di.cpu()); d_out.append(do.cpu())
-    return _tidy(torch.cat(d_in), torch.cat(d_out), list(comps[0]))
+    with _measuring(model, dev): d_in, d_out, same = _distances(model, comps, batches, batch_fn, dev)
+    return _tidy(d_in, d_out, list(comps[0]), same)
 
 # %% ../nbs/01_plasticity.ipynb #e0bf2420
 def _as_list(by: str | Sequence[str]) -> list[str]: return [by] if isinstance(by, str) else list(by)
 def _rank_key(s: pd.Series) -> pd.Series: return s.map(THEORETICAL_RANK) if s.name == "component" else s
+
+def _check_columns(df: pd.DataFrame, needed: Sequence[str], what: str) -> None:
+    "Refuse a table that is not a DataFrame or lacks a column `what` needs, naming the missing ones."
+    if not isinstance(df, pd.DataFrame):
+        raise TypeError(f"{what} takes a pandas DataFrame (the output of `measure_plasticity`), "
+                        f"got {type(df).__name__}")
+    if missing := [c for c in needed if c not in df.columns]:
+        raise ValueError(f"{what}: the table has no column(s) {missing} (it has {list(df.columns)}): pass "
+                         "the output of `measure_plasticity` or `layer_summary`, and `by` among its columns")
 
 def layer_summary(
     df: pd.DataFrame,  # output of `measure_plasticity` (runs may be stacked, told apart by `by` columns)
@@ -299,6 +403,7 @@ def layer_summary(
     if ddof not in (0, 1):
         raise ValueError(f"ddof must be 0 (population std, the authors') or 1 (sample std), got {ddof!r}")
     by = _as_list(by)
+    _check_columns(df, [*by, "component", "layer", "ratio"], "layer_summary")
     g = df.groupby([*by, "component", "layer"])["ratio"]
     out = pd.DataFrame({"mean": g.mean(), "std": g.std(ddof=ddof), "n": g.count()}).reset_index()
     out["ci"] = 1.96 * out["std"] / np.sqrt(out["n"])
@@ -307,9 +412,13 @@ def layer_summary(
     return out.sort_values([*by, "component", "layer"], key=_rank_key).reset_index(drop=True)
 
 # %% ../nbs/01_plasticity.ipynb #476f2e9b
-def _per_layer(data: pd.DataFrame, by: Sequence[str] = ()) -> pd.DataFrame:
-    "`data` if it is already a layer summary, else its layer summary."
-    return layer_summary(data, by) if "ratio" in data.columns else data
+def _per_layer(data: pd.DataFrame, by: Sequence[str] = (), needed: Sequence[str] = ("component", "mean"),
+               what: str = "component_summary") -> pd.DataFrame:
+    "`data` if it is already a layer summary (with the columns `needed`), else its layer summary."
+    _check_columns(data, [], what)
+    if "ratio" in data.columns: return layer_summary(data, by)
+    _check_columns(data, [*by, *needed], what)
+    return data
 
 def component_summary(
     data: pd.DataFrame,  # output of `measure_plasticity`, or of `layer_summary`
@@ -331,7 +440,7 @@ def plot_plasticity_boxplot(
     showfliers: bool = False,  # draw layers beyond the whiskers as points (the authors' figures hide them)
 ) -> Figure:
     "Boxplot of the per-layer plasticity of each component, x = theoretical rank 1..5 (MHA .. LN1), paper colours."
-    means = _per_layer(data)
+    means = _per_layer(data, what="plot_plasticity_boxplot")
     comps = sorted(THEORETICAL_RANK, key=THEORETICAL_RANK.get)
     fig, ax = plt.subplots(figsize=(5, 3.5))
     box = ax.boxplot([means.loc[means["component"] == c, "mean"].to_numpy() for c in comps], positions=range(1, 6),
@@ -351,7 +460,8 @@ def plot_plasticity_depth(
     log: bool = False,  # logarithmic y axis
 ) -> Figure:
     "Per-layer mean plasticity against layer depth (%) with its 95% CI band, one line per component, paper colours."
-    ls = _per_layer(data, _as_list(facet or ()))
+    needed = ("component", "depth", "mean", "ci")
+    ls = _per_layer(data, _as_list(facet or ()), needed, "plot_plasticity_depth")
     panels = list(ls.groupby(facet, sort=False)) if facet else [(None, ls)]
     fig, axs = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.5), sharey=True, squeeze=False)
     for ax, (name, g) in zip(axs[0], panels):
