@@ -171,8 +171,8 @@ def _check_dataset(name: str) -> None:
     dataset_spec(name)
 
 def _check_model(name: str) -> None:
-    from vit_plasticity import models
-    (getattr(models, "check_model_name", None) or models.resolve_name)(name)  # a supported ViT, not only a name
+    from vit_plasticity.models import check_model_name
+    check_model_name(name)  # a ViT this library can map (built on the meta device), not only a known name
 
 def _check_configuration(train: str) -> None:
     from vit_plasticity.components import CONFIGURATIONS
