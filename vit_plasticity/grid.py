@@ -4,7 +4,7 @@
 
 # %% ../nbs/08_grid.ipynb #b7d03f59
 from __future__ import annotations
-import fcntl, hashlib, itertools, json, math, os, queue, re, signal, sys, threading, weakref
+import asyncio, fcntl, hashlib, itertools, json, math, os, queue, re, signal, socket, sys, threading, weakref
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,10 +23,10 @@ from .runs import atomic_write_json, atomic_write_text, check_writable, clear_ru
 from .runs import notebook_sha, record_failure, run_status, runs_root
 
 # %% auto #0
-__all__ = ['KINDS', 'GridSpecError', 'grids_dir', 'notebooks_dir', 'load_spec', 'validate_spec', 'Run', 'expand', 'notebook_for',
-           'check_params', 'check_names', 'check_values', 'check_plan', 'RunLock', 'bind_to_parent',
-           'run_kernel_manager', 'current_code', 'run_state', 'execute_run', 'grid_root', 'plan', 'grid_status',
-           'run_local', 'slurm_plan_settings', 'run_grid']
+__all__ = ['KINDS', 'WARM_MODULES', 'GridSpecError', 'grids_dir', 'notebooks_dir', 'load_spec', 'validate_spec', 'Run', 'expand',
+           'notebook_for', 'check_params', 'check_names', 'check_values', 'check_plan', 'RunLock', 'bind_to_parent',
+           'run_kernel_manager', 'WarmKernels', 'current_code', 'run_state', 'execute_run', 'grid_root', 'plan',
+           'grid_status', 'run_local', 'slurm_plan_settings', 'run_grid']
 
 # %% ../nbs/08_grid.ipynb #01bd7fd4
 KINDS = ("plasticity", "bounds", "finetune", "linear_probe")  # one experiment notebook each
@@ -261,6 +261,91 @@ def _kill_kernels() -> None:
             try: os.kill(pid, signal.SIGKILL)
             except ProcessLookupError: pass
 
+# %% ../nbs/08_grid.ipynb #1082ced3
+WARM_MODULES = ("torch", "torchvision", "timm", "fastai.learner", "pandas", "matplotlib.pyplot",
+                "vit_plasticity.finetune", "vit_plasticity.plasticity", "vit_plasticity.probe",
+                "vit_plasticity.bounds", "vit_plasticity.data", "vit_plasticity.models")  # the experiments' imports
+_WARM_CODE = f"[__import__('importlib').import_module(m) for m in {WARM_MODULES!r}]"  # no name defined
+
+def _silent(km, code: str, timeout: float = 600) -> None:
+    "Execute `code` in `km`'s kernel without output, history or names; raise if it fails."
+    from jupyter_client import BlockingKernelClient
+    kc = BlockingKernelClient()
+    kc.load_connection_info(km.get_connection_info())
+    kc.start_channels()
+    try:
+        kc.wait_for_ready(timeout=timeout)
+        reply = kc.execute_interactive(code, silent=True, store_history=False, timeout=timeout, output_hook=id)
+    finally: kc.stop_channels()
+    if reply["content"]["status"] != "ok": raise RuntimeError(f"kernel: {reply['content'].get('evalue')}")
+
+# %% ../nbs/08_grid.ipynb #16df8e4d
+def _shutdown(km) -> None:
+    "Stop a kernel and close its end of the lock handover."
+    try: asyncio.run(km.shutdown_kernel(now=True))
+    except Exception: pass  # already dead: nothing to stop
+    km.handover.close()
+
+class WarmKernels:
+    "Up to `budget` kernels, each warmed in the background while a run executes, then handed to one run by `take`."
+    def __init__(self, workers: int = 1, budget: int = 0):
+        self.budget, self.started, self.pending, self.closed = budget, 0, 0, False
+        self.ready, self.lock = queue.Queue(), threading.Lock()
+        self.starters = ThreadPoolExecutor(workers)  # long-lived: a kernel dies with the thread that started it
+
+    def _start(self):
+        "A started, warmed kernel manager holding one end of a socket pair (`handover`) for its run's lock."
+        ours, theirs = socket.socketpair()
+        km = run_kernel_manager(theirs.fileno())(kernel_name="python3")
+        asyncio.run(km.start_kernel())
+        km.handover, km.handover_fd = ours, theirs.fileno()
+        theirs.close()
+        _silent(km, _WARM_CODE)
+        return km
+
+    def _warm_one(self) -> None:
+        try: km = self._start()
+        except Exception: km = None  # a kernel that fails to start or warm: `take` starts one itself
+        if km is not None and self.closed: km = _shutdown(km)
+        self.ready.put(km)
+
+# %% ../nbs/08_grid.ipynb #a861268d
+def _take(self: WarmKernels):
+    "A warm kernel manager (the oldest warmed, else one started now); the next one starts warming if runs remain."
+    with self.lock:
+        wait = self.pending > 0
+        self.pending -= wait
+        self.started += not wait
+        warm_next = not self.closed and self.started < self.budget
+        self.started += warm_next
+        self.pending += warm_next
+    km = self.ready.get() if wait else None
+    if warm_next: self.starters.submit(self._warm_one)
+    return km if km is not None and km.has_kernel else self._start()
+
+def _close(self: WarmKernels) -> None:
+    "Stop the kernels warmed and not taken; those still warming stop themselves when ready."
+    with self.lock: self.closed, ready = True, [self.ready.get() for _ in range(self.ready.qsize())]
+    for km in ready:
+        if km is not None: _shutdown(km)
+    self.starters.shutdown(wait=False)
+
+WarmKernels.take, WarmKernels.close = _take, _close
+
+# %% ../nbs/08_grid.ipynb #a6427574
+def _hand_over(km, lock_fd: int, env: dict) -> None:
+    "Give a warm kernel its run: the run's lock (sent over its socket pair) and environment."
+    socket.send_fds(km.handover, [b"L"], [lock_fd])
+    _silent(km, f"(lambda s, o: (s.recv_fds(s.socket(fileno={km.handover_fd}), 1, 1), o.environ.update({env!r})))"
+                "(__import__('socket'), __import__('os'))", timeout=60)
+
+def _kernel(kernels: WarmKernels | None, lock_fd: int, env: dict) -> dict:
+    "papermill's kernel arguments for a run: a warm kernel handed the run, else a class that starts a cold one."
+    if kernels is None: return dict(kernel_manager_class=run_kernel_manager(lock_fd, env))
+    km = kernels.take()
+    _hand_over(km, lock_fd, env)
+    return dict(km=km)
+
 # %% ../nbs/08_grid.ipynb #bcd33797
 def _keep_notebook(partial: Path, run_dir: Path) -> None:
     "The executed notebook, whole, under its final name (when papermill got to write it)."
@@ -298,25 +383,31 @@ def run_state(run_dir: Path, code: dict) -> str:
     except (OSError, ValueError, AttributeError): recorded = {}
     return "done" if all(recorded.get(k) == v for k, v in code.items()) else "stale"
 
+def _needs_run(state: str, retry_failed: bool, rerun_stale: bool) -> bool:
+    "Whether a run in `state` executes: not done, nor failed (unless retried), nor stale (unless redone)."
+    return not (state == "done" or (state == "failed" and not retry_failed) or (state == "stale" and not rerun_stale))
+
 # %% ../nbs/08_grid.ipynb #f773cfd2
 def execute_run(run: Run, root: str | Path, device: str = "cpu", notebooks: str | Path | None = None,
-                retry_failed: bool = False, rerun_stale: bool = False) -> str:
+                retry_failed: bool = False, rerun_stale: bool = False, kernels: WarmKernels | None = None) -> str:
     "Execute `run` under `root` unless done, stale or locked; 'skipped', 'locked', 'done', 'failed' or 'abandoned'."
     import papermill as pm
     run_dir, notebook = Path(root) / run.id, notebook_for(run.kind, notebooks)
     with RunLock(run_dir) as lock:
         if not lock.acquired: return "locked"
         status = run_state(run_dir, current_code(run.kind, notebooks))
-        if status == "done" or (status, retry_failed) == ("failed", False) or (status, rerun_stale) == ("stale", False):
-            return "skipped"
+        if not _needs_run(status, retry_failed, rerun_stale): return "skipped"
         clear_run(run_dir)  # what a killed or failed attempt left, moved aside (`RunFolderError` if it cannot be)
         partial, env = run_dir / ".notebook.partial.ipynb", {LAUNCHED_ENV: "1", NOTEBOOK_SHA_ENV: notebook_sha(notebook)}
+        kernel = {}
         try:
+            kernel = _kernel(kernels, lock.fd, env)
             pm.execute_notebook(str(notebook), str(partial), progress_bar=False, kernel_name="python3",
-                                parameters={**run.params, "run_dir": str(run_dir), "device": device},
-                                kernel_manager_class=run_kernel_manager(lock.fd, env))
+                                parameters={**run.params, "run_dir": str(run_dir), "device": device}, **kernel)
         except Exception as e:
             return "abandoned" if ABANDON.is_set() else _fail(run_dir, partial, e)
+        finally:
+            if "km" in kernel: _shutdown(kernel["km"])  # a kernel serves one run
         return _finish(run_dir, partial)
 
 # %% ../nbs/08_grid.ipynb #b5f17708
@@ -373,14 +464,17 @@ def _on_ctrl_c(futures: dict, outcomes: dict, collect) -> GridInterrupted:
 # %% ../nbs/08_grid.ipynb #273b48ba
 def run_local(runs: list[Run], root: Path, devices: list[str] = ("cpu",), jobs: int | None = None,
               notebooks: str | Path | None = None, retry_failed: bool = False, progress: bool = True,
-              rerun_stale: bool = False) -> dict[str, str]:
+              rerun_stale: bool = False, warm: bool = True) -> dict[str, str]:
     "Execute `runs` on this machine, one worker per device slot; each run's outcome. Ctrl-C: `GridInterrupted`."
-    slots, outcomes = _device_slots(list(devices), jobs), {}
+    slots, outcomes, kernels = _device_slots(list(devices), jobs), {}, None
     def work(run):
         device = slots.get()
-        try: return execute_run(run, root, device, notebooks, retry_failed, rerun_stale)
+        try: return execute_run(run, root, device, notebooks, retry_failed, rerun_stale, kernels)
         except RunFolderError as e: tqdm.write(f"vitp: {e}"); return "blocked"
         finally: slots.put(device)
+    todo = sum(_needs_run(run_state(root / r.id, current_code(r.kind, notebooks)), retry_failed, rerun_stale)
+               for r in runs) if warm else 0
+    kernels = WarmKernels(slots.qsize(), todo) if todo else None  # kernels warmed while runs execute
     ABANDON.clear()
     with ThreadPoolExecutor(slots.qsize()) as pool, tqdm(total=len(runs), desc=root.name, disable=not progress) as bar:
         def collect(f):
@@ -390,6 +484,8 @@ def run_local(runs: list[Run], root: Path, devices: list[str] = ("cpu",), jobs: 
         try:
             for f in as_completed(futures): collect(f)
         except KeyboardInterrupt: raise _on_ctrl_c(futures, outcomes, collect) from None
+        finally:
+            if kernels is not None: kernels.close()
     return outcomes
 
 # %% ../nbs/08_grid.ipynb #594adf8d
