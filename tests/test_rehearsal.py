@@ -47,18 +47,24 @@ def read(folder: Path, run) -> dict:
 
 
 def check_tables_against_run_files(folder: Path, runs) -> None:
-    "Best-LR accuracy per (dataset, configuration), recomputed from metrics.json files with plain Python."
+    """Best-LR accuracy per (model, optimiser, dataset, configuration), recomputed from metrics.json files with
+    plain Python: an LR competes when every planned seed finished with a finite accuracy, none diverged, lr > 0."""
     by_cell = defaultdict(lambda: defaultdict(list))
     for r in runs:
         if r.kind == "finetune":
             m = read(folder, r)
-            by_cell[(m["dataset"], m["train"])][m["lr"]].append(100 * m["test_acc"])
+            by_cell[(m["model"], m["opt"], m["dataset"], m["train"])][m["lr"]].append(m)
     if not by_cell: return
-    report = pd.read_csv(folder / "report" / "best_lr_test.csv", index_col=[0, 1])
+    report = pd.read_csv(folder / "report" / "best_lr_test.csv", index_col=[0, 1, 2, 3])
     assert len(report) == len(by_cell)
-    for (dataset, train), lrs in by_cell.items():
-        lr = max(lrs, key=lambda lr: (mean(lrs[lr]), -lr))
-        row = report.loc[(dataset, train)]
-        assert row["lr"] == pytest.approx(lr) or mean(lrs[row["lr"]]) == pytest.approx(mean(lrs[lr]))
-        assert row["test_mean"] == pytest.approx(mean(lrs[lr]))
-        assert row["test_std"] == pytest.approx(pstdev(lrs[lr]))
+    for cell, lrs in by_cell.items():
+        ok = {lr: [100 * m["test_acc"] for m in ms] for lr, ms in lrs.items()
+              if lr > 0 and all(m["status"] == "ok" and m.get("test_acc") is not None for m in ms)}
+        row = report.loc[cell]
+        if not ok:
+            assert pd.isna(row["test_mean"]) and isinstance(row["reason"], str), cell
+            continue
+        lr = max(ok, key=lambda lr: (mean(ok[lr]), -lr))
+        assert row["lr"] == pytest.approx(lr) or mean(ok[row["lr"]]) == pytest.approx(mean(ok[lr]))
+        assert row["test_mean"] == pytest.approx(mean(ok[lr]))
+        assert row["test_std"] == pytest.approx(pstdev(ok[lr]))

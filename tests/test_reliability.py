@@ -11,9 +11,10 @@ import pandas as pd
 import pytest
 import yaml
 
-from vit_plasticity.analysis import best_lr, collect_runs, finetune_runs, write_report
+from vit_plasticity.analysis import write_report
 from vit_plasticity.grid import RunLock, execute_run, expand, grid_status, run_grid
 from vit_plasticity.runs import DONE, atomic_write_json, finish_run, run_status, start_run
+from vit_plasticity.stats import best_lr, read_runs, seed_cells
 
 VITP = str(Path(sys.executable).parent / "vitp")
 LINUX = sys.platform.startswith("linux")
@@ -236,14 +237,16 @@ def test_report_counts_failed_and_missing_runs_and_flags_incomplete_seed_sets(fa
     root, out, runs = failures
     spec = {**FAIL_SPEC, "blocks": FAIL_SPEC["blocks"] + [MISSING_BLOCK]}
     missing = expand({"name": "m", "defaults": FAIL_SPEC["defaults"], "blocks": [MISSING_BLOCK]})[0]
-    best = best_lr(finetune_runs(collect_runs(root)))
-    assert best.loc[("digits", "LN1"), "complete"] == False and best.loc[("digits", "LN1"), "n_seeds"] == 1
-    assert best.loc[("digits", "MHA"), "complete"] == True
+    planned = [{"id": r.id, "kind": r.kind, **r.params} for r in expand(FAIL_SPEC)]
+    best = best_lr(seed_cells(read_runs(planned, root)[0]))
+    ln1, mha = ("tiny-fmnist", "sgd", "digits", "LN1"), ("tiny-fmnist", "sgd", "digits", "MHA")
+    assert best.loc[ln1, "complete"] == False and best.loc[ln1, ["n_seeds", "n_planned"]].tolist() == [1, 2]
+    assert best.loc[mha, "complete"] == True and best.loc[mha, "lr"] == 0.01  # 1e20 diverged: it cannot win
     report = write_report(spec, root)
     text = report.read_text()
     assert "Runs planned: 6;" in text and "failed: 1" in text and "missing: 1" in text
     assert f"`{runs[('LN1', 0.01, 1, 10)].id}`: failed" in text and f"`{missing.id}`: missing" in text
-    assert "(only 1 seeds)" in text  # the LN1 cell averages one seed of two: flagged
+    assert "— (1 of 2 seeds)" in text  # the LN1 cell has one seed of two: no LR qualifies, and it says so
     # the report is written atomically: a failure while writing it leaves the previous one whole
     before = report.read_bytes()
     monkeypatch.setattr(os, "replace", _failing_replace({"report.md"}))
