@@ -18,7 +18,8 @@ statuses = ['1 - Planning', '2 - Pre-Alpha', '3 - Alpha', '4 - Beta', '5 - Produ
 py_versions = '3.10 3.11 3.12 3.13'.split()
 
 requirements = shlex.split(cfg.get('requirements', ''))
-extras = {k.removesuffix('_requirements'): shlex.split(v) for k, v in cfg.items() if k.endswith('_requirements')}
+extras = {k.removesuffix('_requirements'): shlex.split(v)  # [demo], [slurm], [hf], [lab], [dev]
+          for k, v in cfg.items() if k.endswith('_requirements')}
 extras['all'] = sorted({r for k, rs in extras.items() if k != 'dev' for r in rs})
 min_python = cfg['min_python']
 notebooks = cfg['lib_name'] + '.notebooks'

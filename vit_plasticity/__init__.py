@@ -1,8 +1,8 @@
-"""vit-plasticity: the component-wise plasticity of Vision Transformers, and finetuning the components it favours.
+"""vit-plasticity: the plasticity of Vision Transformer components, and finetuning the components it favours.
 
-`import vit_plasticity as vp` gives the names a user needs, each imported from its module on first use (PEP 562),
-so that importing the package stays light (no torch). Written by hand: nbdev only keeps `__version__` current
-(settings.ini `put_version_in_init`); nbs/09a_recommend.ipynb describes and tests it."""
+`import vit_plasticity as vp` gives the names a user needs, each imported from its module on first use
+(PEP 562), so that importing the package stays light (no torch). Written by hand: nbdev only keeps
+`__version__` current (settings.ini `put_version_in_init`); nbs/09a_recommend.ipynb describes and tests it."""
 __version__ = "0.1.0"
 
 import importlib

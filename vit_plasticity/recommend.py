@@ -31,17 +31,7 @@ __all__ = ['WEIGHT_SUFFIXES', 'PRETRAINING_SOURCES', 'load_model', 'model_name',
            'ranking_text', 'rank_components', 'plot_ranking', 'component_patterns', 'Recommendation', 'paper_finding',
            'protocols_text', 'reason_text', 'recommend_components', 'write_ranking']
 
-# %% ../nbs/09a_recommend.ipynb #0ce6edd5
-WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")  # what `load_model` reads as a weights file
-
-def _weights_arch(path: Path, arch: str | None) -> str:
-    "The architecture of a weights file: `arch`, else the model its JSON record (from `vitp-pretrain`) names."
-    if arch: return arch
-    try: return tiny_recipe(path)["model"]
-    except WeightsUnavailableError:
-        raise ValueError(f"{path}: a weights file without a record beside it; name its architecture, "
-                         "e.g. arch='vit_base_patch16_224' (the command: --arch)") from None
-
+# %% ../nbs/09a_recommend.ipynb #53dee604
 def _hub_model(model: str, pretrained: bool) -> nn.Module:
     "A timm model from the Hugging Face hub: from the cache, else downloaded; refused at once when offline."
     import timm
@@ -51,6 +41,17 @@ def _hub_model(model: str, pretrained: bool) -> nn.Module:
         raise WeightsUnavailableError(f"{model}: not in the Hugging Face cache, and the hub is unreachable "
                                       "(offline): load it once where the hub answers, or pass a weights file")
     return check_vit(timm.create_model(model, pretrained=pretrained)).eval()
+
+# %% ../nbs/09a_recommend.ipynb #bed99f77
+WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")  # what `load_model` reads as a weights file
+
+def _weights_arch(path: Path, arch: str | None) -> str:
+    "The architecture of a weights file: `arch`, else the model its JSON record (from `vitp-pretrain`) names."
+    if arch: return arch
+    try: return tiny_recipe(path)["model"]
+    except WeightsUnavailableError:
+        raise ValueError(f"{path}: a weights file without a record beside it; name its architecture, "
+                         "e.g. arch='vit_base_patch16_224' (the command: --arch)") from None
 
 def load_model(model: str, # a preset, a timm name, "hf-hub:<org>/<name>" or a weights file
                arch: str | None = None, # the architecture of a weights file (default: its record's)
@@ -206,7 +207,7 @@ def ranking_text(rk: ComponentRanking) -> str:
 
 # %% ../nbs/09a_recommend.ipynb #5312a7e1
 def _label(data) -> str:
-    "How a sentence names some images: a folder by its name (`digits/`), a dataset by its own, else their type."
+    "How a sentence names some images: a folder by its name (`digits/`), a dataset by its own, else a type."
     if isinstance(data, str) and data.startswith(FOLDER_PREFIX):
         return Path(data.removeprefix(FOLDER_PREFIX)).name + "/"
     return str(data) if isinstance(data, (str, Path)) else type(data).__name__
