@@ -4,6 +4,7 @@ installed into a fresh virtual environment, and `vitp` runs the smoke grid and i
 To stay fast, the fresh environment reuses this environment's third-party packages through a path file (a
 `.pth` line puts their folder on sys.path without running the `.pth` files in it, so this checkout's editable
 install is not activated); vit_plasticity itself comes from the wheel, which the test proves."""
+import json
 import os
 import shutil
 import subprocess
@@ -110,3 +111,45 @@ def test_pretrain_writes_to_the_current_folder_when_installed(env, tmp_path):
     code = "from vit_plasticity.tiny_vit import pretrain_out; print(pretrain_out())"
     out = subprocess.run([str(py), "-c", code], capture_output=True, text=True, cwd=tmp_path, env=_env())
     assert Path(out.stdout.strip()) == tmp_path / "tiny_vit_fmnist.safetensors", out
+
+
+def _declared() -> set[str]:
+    "The distributions settings.ini declares: the requirements and every extra but dev."
+    import shlex
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+    d = CFG["DEFAULT"]
+    keys = [k for k in d if k.endswith("requirements") and k != "dev_requirements"]
+    return {canonicalize_name(Requirement(r).name) for k in keys for r in shlex.split(d[k])}
+
+
+def _imported(code: str) -> set[str]:
+    "The top-level modules that `code` imports (absolute imports only)."
+    import ast
+    out = set()
+    for node in ast.walk(ast.parse(code)):
+        if isinstance(node, ast.Import): out |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0: out.add(node.module.split(".")[0])
+    return out
+
+
+def test_every_third_party_import_is_declared():
+    "The package's modules and the notebooks it ships import nothing that settings.ini does not declare."
+    from importlib.metadata import packages_distributions
+    from packaging.utils import canonicalize_name
+    code = [f.read_text() for f in (ROOT / "vit_plasticity").glob("*.py")]
+    for nb in [*(ROOT / "nbs" / "experiments").glob("*.ipynb"), ROOT / "nbs" / "results.ipynb"]:
+        cells = json.loads(nb.read_text())["cells"]
+        code += ["".join(c["source"]) for c in cells if c["cell_type"] == "code" and "%" not in "".join(c["source"])]
+    modules = set().union(*map(_imported, code)) - set(sys.stdlib_module_names) - {"vit_plasticity"}
+    dists, declared = packages_distributions(), _declared()
+    undeclared = {m for m in modules if not {canonicalize_name(d) for d in dists.get(m, [m])} & declared}
+    assert not undeclared, f"imported but not in settings.ini: {sorted(undeclared)}"
+
+
+def test_constraints_pin_every_declared_package():
+    from packaging.utils import canonicalize_name
+    lines = (ROOT / "constraints.txt").read_text().splitlines()
+    pins = {canonicalize_name(l.split("==")[0]) for l in lines if "==" in l and not l.startswith("#")}
+    assert not {"torch", "torchvision"} & pins  # the machine's pip constraints choose that build
+    assert _declared() - {"torch", "torchvision"} <= pins, "run `make constraints`"
