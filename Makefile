@@ -8,15 +8,24 @@ NB_WORKERS ?= 2
 # thread contention than they gain from threads.
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: install data sync-check nbtest pytest test demo rehearse readme clean-venv
+.PHONY: install constraints data sync-check nbtest pytest test demo rehearse readme clean-venv
 
 install: $(VENV)/.installed
 
-# Reinstall when the package metadata changes; `pip install -e` keeps the library editable.
-$(VENV)/.installed: settings.ini setup.py
+# Reinstall when the package metadata or the pins change; `pip install -e` keeps the library editable. Every
+# extra: the tests and the demo use them all (dev: nbdev and pytest; demo: the benchmark's corruptions; slurm;
+# hf: transformers and PEFT; lab: Jupyter). constraints.txt pins the versions `make test` passed with.
+EXTRAS := dev,demo,slurm,hf,lab
+$(VENV)/.installed: settings.ini setup.py constraints.txt
 	@test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install --disable-pip-version-check -e ".[dev]"
+	$(PY) -m pip install --disable-pip-version-check -c constraints.txt -e ".[$(EXTRAS)]"
 	@touch $@
+
+# Pin the environment that `make test` passed in (torch, torchvision, triton and CUDA: the machine's choice).
+constraints: install
+	@{ sed -n '/^#/p' constraints.txt; $(PY) -m pip freeze --exclude-editable \
+	  | grep -viE '^(torch|torchvision|triton|nvidia-[a-z0-9-]+|cuda-[a-z-]+)=='; } > constraints.txt.new
+	@mv constraints.txt.new constraints.txt
 
 data:
 	@bash scripts/ensure_data.sh

@@ -18,8 +18,11 @@ statuses = ['1 - Planning', '2 - Pre-Alpha', '3 - Alpha', '4 - Beta', '5 - Produ
 py_versions = '3.10 3.11 3.12 3.13'.split()
 
 requirements = shlex.split(cfg.get('requirements', ''))
-dev_requirements = shlex.split(cfg.get('dev_requirements', ''))
+extras = {k.removesuffix('_requirements'): shlex.split(v)  # [demo], [slurm], [hf], [lab], [dev]
+          for k, v in cfg.items() if k.endswith('_requirements')}
+extras['all'] = sorted({r for k, rs in extras.items() if k != 'dev' for r in rs})
 min_python = cfg['min_python']
+notebooks = cfg['lib_name'] + '.notebooks'
 lic = licenses.get(cfg['license'].lower(), (cfg['license'], None))
 
 setuptools.setup(
@@ -31,11 +34,15 @@ setuptools.setup(
                 + ['Programming Language :: Python :: ' + o for o in py_versions[py_versions.index(min_python):]]
                 + (['License :: ' + lic[1]] if lic[1] else []),
     url=cfg['git_url'],
-    packages=setuptools.find_packages(include=[cfg['lib_path'], cfg['lib_path'] + '.*']),
-    include_package_data=True,
-    package_data={cfg['lib_name']: shlex.split(cfg.get('package_data', ''))},
+    # The experiment and results notebooks ship as package data of `vit_plasticity.notebooks`, a folder that
+    # setuptools copies from nbs/ at build time: the wheel carries them, a checkout keeps reading nbs/ itself.
+    packages=setuptools.find_packages(include=[cfg['lib_path'], cfg['lib_path'] + '.*']) + [notebooks],
+    package_dir={notebooks: cfg['nbs_path']},
+    include_package_data=False,  # exactly the files listed below, whatever else git or a MANIFEST tracks
+    package_data={cfg['lib_name']: shlex.split(cfg.get('package_data', '')),
+                  notebooks: shlex.split(cfg.get('notebooks_data', ''))},
     install_requires=requirements,
-    extras_require={'dev': dev_requirements},
+    extras_require=extras,
     python_requires='>=' + min_python,
     long_description=open('README.md', encoding='utf-8').read(),
     long_description_content_type='text/markdown',

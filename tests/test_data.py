@@ -492,3 +492,39 @@ def test_checkpoint_normalization_uses_the_model_statistics(small_cifar10c):
         D.dataloaders("cifar10c-snow", root=small_cifar10c, normalize="checkpoint", download=False)
     with pytest.raises(ValueError, match="has no pretrained_cfg mean/std"):
         D.plasticity_sample("cifar10c-snow", normalize="checkpoint", model=torch.nn.Linear(2, 2), **kw)
+
+
+# ---- folder:PATH datasets: a user's own images, in the grid and in finetuning ----
+
+def write_pngs(folder: Path, classes: list[str], per_class: int, size=(20, 16)):
+    for k, c in enumerate(classes):
+        (folder / c).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            Image.new("RGB", size, (60 * k, 10 * i, 200)).save(folder / c / f"{i:02d}.png")
+    return folder
+
+
+def test_grid_names_check_accepts_a_folder_and_refuses_a_missing_one(tmp_path):
+    from vit_plasticity.grid import GridSpecError, Run, check_names
+    folder = write_pngs(tmp_path / "mine", ["a", "b"], 2)
+    check_names([Run("finetune", {"dataset": f"folder:{folder}", "model": "tiny-fmnist", "train": "MHA"})])
+    with pytest.raises(GridSpecError, match="no such folder; pass an image folder"):
+        check_names([Run("plasticity", {"dataset": f"folder:{tmp_path / 'gone'}", "model": "tiny-fmnist"})])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(GridSpecError, match="no image files and no sub-folders"):
+        check_names([Run("plasticity", {"source": f"folder:{tmp_path / 'empty'}"})])
+
+
+def test_finetune_on_a_folder_at_the_models_input(tmp_path):
+    "RGB PNGs of 2 classes, read grey at 32 px for the tiny ViT (1 channel): 2 steps of MHA, then tested."
+    from vit_plasticity.finetune import finetune
+    from vit_plasticity.models import load_vit
+    name = f"folder:{write_pngs(tmp_path / 'mine', ['ants', 'bees'], 10)}"
+    model = load_vit("tiny-fmnist", num_classes=2)
+    dls = D.dataloaders(name, bs=4, model=model)
+    xb, yb = dls.one_batch()
+    sizes = [len(dl.dataset) for dl in dls.loaders]  # 20 -> fixed 16/4 -> 13/3 by the run seed
+    assert (tuple(xb.shape), dls.c, sizes) == ((4, 1, 32, 32), 2, [13, 3, 4])
+    metrics, history = finetune(model, dls, dls[2], train="MHA", lr=0.01, n_steps=2, warmup_steps=1,
+                                eval_period=1, seed=0)
+    assert metrics["n_steps"] == 2 and 0 <= metrics["test_acc"] <= 1 and len(history) >= 2, metrics

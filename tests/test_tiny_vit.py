@@ -1,6 +1,7 @@
 """What nbs/04a_tiny_vit.ipynb cannot test in-process: the command as a console script runs it, and the same seed
 gives bit-identical weights in two fresh processes."""
 import hashlib
+import os
 import shutil
 import subprocess
 import sys
@@ -20,13 +21,15 @@ def _run(tmp_path: Path, code: str, *args: str) -> subprocess.CompletedProcess:
     script = tmp_path / f"script_{hashlib.sha1(code.encode()).hexdigest()[:8]}.py"
     script.write_text(code)
     return subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=300,
-                          env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
+                          env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin",
+                               "PYTHONPATH": os.environ.get("PYTHONPATH", "")})  # a worktree's own package
 
 
 def test_cli_help(tmp_path):
     out = _run(tmp_path, ENTRY, "--help")
     assert out.returncode == 0, out.stderr
     assert "--force" in out.stdout and "--epochs" in out.stdout
+    assert "(default `pretrain_out()`)" in " ".join(out.stdout.split())  # the checkout's file, else ./
 
 
 @pytest.mark.skipif(not TINY_VIT_FILE.with_suffix(".json").is_file(), reason="no shipped tiny ViT")

@@ -37,12 +37,13 @@ __all__ = ['FMNIST_DIR', 'TINY_IMG_SIZE', 'FMNIST_MEAN', 'FMNIST_STD', 'IMAGENET
            'FIXED_SPLITS', 'FIXED_TEST_SEED', 'SPLIT_RULES', 'NORMALIZATIONS', 'CIFAR', 'CIFAR10C_CORRUPTIONS',
            'CIFAR10C_SEVERITY', 'CIFAR10C_URL', 'CIFAR10C_MD5', 'DOMAINNET_URLS', 'DOMAINNET_CLASSES', 'FLOWERS_SETS',
            'FLOWERS_FILES', 'TINY_PAD', 'BENCHMARK_VERSION', 'TINY_DOMAINS', 'PAPER_DATASETS', 'BENCHMARK_DATASETS',
-           'DATASETS', 'PAIRINGS', 'DataFormatError', 'IdxFormatError', 'read_idx', 'cache_dir', 'DataNotFoundError',
-           'load_fashion_mnist', 'split_idxs', 'fixed_split_idxs', 'split_parts', 'ArrayDataset', 'Split',
-           'image_folder', 'normalization', 'paper_transforms', 'CifarFiles', 'read_cifar_batch', 'load_cifar',
-           'severity_rows', 'load_cifar10c', 'load_domainnet', 'ImageFiles', 'load_flowers102', 'load_pet',
-           'load_imagenet_val', 'load_imagenette', 'pad_tiny', 'corrupt_gray', 'sketch_images', 'digits_images',
-           'make_domain', 'tiny_domain', 'generation_times', 'RandomShift', 'tiny_transforms', 'DatasetSpec',
+           'DATASETS', 'FOLDER_PREFIX', 'SPLIT_FOLDERS', 'PAIRINGS', 'DataFormatError', 'IdxFormatError', 'read_idx',
+           'cache_dir', 'DataNotFoundError', 'load_fashion_mnist', 'split_idxs', 'fixed_split_idxs', 'split_parts',
+           'ArrayDataset', 'Split', 'image_folder', 'normalization', 'paper_transforms', 'CifarFiles',
+           'read_cifar_batch', 'load_cifar', 'severity_rows', 'load_cifar10c', 'load_domainnet', 'ImageFiles',
+           'load_flowers102', 'load_pet', 'load_imagenet_val', 'load_imagenette', 'pad_tiny', 'corrupt_gray',
+           'sketch_images', 'digits_images', 'make_domain', 'tiny_domain', 'generation_times', 'RandomShift',
+           'tiny_transforms', 'DatasetSpec', 'FolderNotFoundError', 'folder_layout', 'folder_parts', 'folder_spec',
            'dataset_spec', 'dataset_transforms', 'raw_parts', 'dataset_splits', 'dataloaders', 'pairing_idxs',
            'plasticity_sample', 'plasticity_images']
 
@@ -237,11 +238,14 @@ def normalization(normalize: str | tuple | Mapping | nn.Module, # see the text a
 # %% ../nbs/03_data.ipynb #bdb57dc7
 def paper_transforms(img_size: int = 224, # side of the square crops
                      normalize: str | tuple | Mapping | nn.Module = "imagenet", # passed to `normalization`
+                     in_chans: int = 3, # channels of the model's input: 3 (RGB) or 1 (grey: converted first)
                     ) -> tuple[v2.Compose, v2.Compose]: # (train, eval), from a PIL image or a uint8 tensor
     "The paper's transforms: RandomResizedCrop + flip for training, Resize + CenterCrop for evaluation."
+    if in_chans not in (1, 3): raise ValueError(f"in_chans={in_chans!r}: pass 1 (grey) or 3 (RGB)")
     norm = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(*normalization(normalize))]
-    train = v2.Compose([v2.ToImage(), v2.RandomResizedCrop(img_size), v2.RandomHorizontalFlip(), *norm])
-    return train, v2.Compose([v2.ToImage(), v2.Resize(img_size), v2.CenterCrop(img_size), *norm])
+    start = [v2.ToImage(), *([v2.Grayscale(1)] if in_chans == 1 else [])]
+    train = v2.Compose([*start, v2.RandomResizedCrop(img_size), v2.RandomHorizontalFlip(), *norm])
+    return train, v2.Compose([*start, v2.Resize(img_size), v2.CenterCrop(img_size), *norm])
 
 # %% ../nbs/03_data.ipynb #ff9bf66e
 class CifarFiles(NamedTuple):
@@ -463,13 +467,18 @@ def pad_tiny(images: np.ndarray | torch.Tensor) -> np.ndarray:
     return np.pad(np.asarray(images), ((0, 0), (TINY_PAD, TINY_PAD), (TINY_PAD, TINY_PAD)))
 
 # %% ../nbs/03_data.ipynb #8110d149
+def _demo_extra(e: ModuleNotFoundError) -> ModuleNotFoundError:
+    "The error for a package of the `[demo]` extra that is not installed, with the command that installs it."
+    return ModuleNotFoundError(f"{e.name} is not installed: the offline benchmark's generated domains need "
+                               "the [demo] extra: pip install 'vit-plasticity[demo]'", name=e.name)
+
 def _imagecorruptions_corrupt() -> Callable:
     "imagecorruptions' `corrupt`, imported even where setuptools no longer ships `pkg_resources`."
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # it imports scipy.ndimage.interpolation
         try: from imagecorruptions import corrupt
         except ModuleNotFoundError as e:
-            if e.name != "pkg_resources": raise
+            if e.name != "pkg_resources": raise _demo_extra(e) from e
             stub = types.ModuleType("pkg_resources")
             stub.resource_filename = lambda pkg, name: str(importlib.resources.files(pkg).joinpath(name))
             sys.modules["pkg_resources"] = stub
@@ -497,7 +506,8 @@ def corrupt_gray(images: np.ndarray, # uint8 (N, H, W), H and W at least 32
 def sketch_images(images: np.ndarray, # uint8 (N, H, W)
                  ) -> np.ndarray: # uint8 (N, H, W): dark edges on white
     "Edge maps of gray images: Sobel gradient magnitude scaled per image to [0, 255], inverted."
-    from skimage.filters import sobel
+    try: from skimage.filters import sobel
+    except ModuleNotFoundError as e: raise _demo_extra(e) from e
     mag = np.stack([sobel(im / 255.0) for im in images])
     peak = np.maximum(mag.max(axis=(1, 2), keepdims=True), 1e-12)
     return (255 - np.round(255 * mag / peak)).astype(np.uint8)
@@ -587,6 +597,7 @@ class DatasetSpec:
     layout: str  # the files expected under `root`, and where to get them
     tiny: bool = False  # offline benchmark: 1x32x32 images, `tiny_transforms`
     sample: str = "test"  # plasticity sample: the "test" split, or "all" the images in folder order
+    folder: Path | None = None  # an image folder of one's own (`folder:PATH`)
 
 # %% ../nbs/03_data.ipynb #4a2a9f77
 _TV = "torchvision downloads it with download=True"
@@ -623,15 +634,85 @@ BENCHMARK_DATASETS = {
 }
 DATASETS = {**PAPER_DATASETS, **BENCHMARK_DATASETS}  # every dataset `dataloaders` knows, by name
 
+# %% ../nbs/03_data.ipynb #2a5d3390
+FOLDER_PREFIX = "folder:"  # dataset name of an image folder: "folder:/data/my-images"
+SPLIT_FOLDERS = ("train", "val", "test")
+
+class FolderNotFoundError(DataNotFoundError, ValueError):
+    "A `folder:PATH` dataset whose folder does not exist (a `ValueError` too: grid checks refuse it at once)."
+
+def _image_files(folder: Path) -> list[Path]:
+    "The image files directly in `folder`, by name (torchvision's image extensions)."
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+    return sorted(f for f in folder.iterdir() if f.is_file() and f.suffix.lower() in IMG_EXTENSIONS)
+
+def _sub_folders(folder: Path) -> list[str]:
+    "The names of the visible sub-folders of `folder`, sorted."
+    return sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+
+# %% ../nbs/03_data.ipynb #8f8a7afe
+def folder_layout(path: str | Path, # an image folder
+                 ) -> str: # "split", "classes" or "flat"
+    "How the images of `path` are laid out: split folders, class folders (ImageFolder) or flat."
+    path = Path(path).expanduser()
+    if not path.is_dir():
+        raise FolderNotFoundError(f"folder:{path}: no such folder; pass an image folder (flat, or one "
+                                  "sub-folder per class, or train/ val/ test/ of class folders)")
+    subs = _sub_folders(path)
+    if "train" in subs and ({"val", "test"} & set(subs)): return "split"
+    if subs: return "classes"
+    if _image_files(path): return "flat"
+    raise DataFormatError(f"folder:{path}: no image files and no sub-folders; expected images "
+                          f"(torchvision's extensions) directly in it or in class sub-folders")
+
+# %% ../nbs/03_data.ipynb #20a3b6ee
+def _split_parts(path: Path) -> tuple[Dataset, ...]:
+    "The class folders of train/ (val/) (test/), checked to name the same classes."
+    parts = [image_folder(path / s) for s in SPLIT_FOLDERS if (path / s).is_dir()]
+    names = [s for s in SPLIT_FOLDERS if (path / s).is_dir()]
+    for s, ds in zip(names[1:], parts[1:]):
+        if ds.classes != parts[0].classes:
+            raise DataFormatError(f"folder:{path}: {s}/ has classes {ds.classes}, train/ has "
+                                  f"{parts[0].classes}: every split must name the same classes")
+    return tuple(parts)
+
+def folder_parts(path: str | Path) -> tuple[Dataset, ...]:
+    "The raw parts of an image folder: (train, val, test), (train, test), (all,), or flat (all,) labelled 0."
+    path = Path(path).expanduser()
+    layout = folder_layout(path)
+    if layout == "split": return _split_parts(path)
+    if layout == "classes": return (image_folder(path),)
+    files = _image_files(path)
+    return (ImageFiles(files, [0] * len(files)),)
+
+# %% ../nbs/03_data.ipynb #381840a3
+def folder_spec(path: str | Path) -> DatasetSpec:
+    "The `DatasetSpec` of the image folder `path` (see the table above)."
+    path = Path(path).expanduser()
+    layout, subs = folder_layout(path), _sub_folders(path)
+    load = lambda r, d, c: folder_parts(path)
+    if layout == "flat": return DatasetSpec(load, "fixed", 0, f"{path}: images", sample="all", folder=path)
+    classes = _sub_folders(path / "train") if layout == "split" else subs
+    n_splits = len(set(SPLIT_FOLDERS) & set(subs))
+    rule = {3: "given", 2: "official"}[n_splits] if layout == "split" else "fixed"
+    desc = f"{path}: {'train/, val/, test/' if layout == 'split' else 'one sub-folder per class'} of images"
+    return DatasetSpec(load, rule, len(classes), desc, folder=path)
+
 # %% ../nbs/03_data.ipynb #eb3d6ffd
 def dataset_spec(name: str) -> DatasetSpec:
-    "The registry entry of `name`; a `ValueError` listing the valid names otherwise."
-    if name not in DATASETS: raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(DATASETS)}")
+    "The registry entry of `name`, or the spec of an image folder `folder:PATH`; a `ValueError` otherwise."
+    if isinstance(name, str) and name.startswith(FOLDER_PREFIX):
+        return folder_spec(name.removeprefix(FOLDER_PREFIX))
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(DATASETS)}, or folder:PATH")
     return DATASETS[name]
 
 def _root(spec: DatasetSpec, root, cache) -> Path | None:
+    if spec.folder is not None and root is not None:
+        raise ValueError(f"root={str(root)!r} with folder:{spec.folder}: the folder's path is the dataset; "
+                         "drop root (or data_root), or name the folder with its full path")
     if root is not None: return Path(root).expanduser()
-    return None if spec.tiny else cache_dir(cache) / "data"
+    return None if spec.tiny or spec.folder is not None else cache_dir(cache) / "data"
 
 # %% ../nbs/03_data.ipynb #5d2d9e6f
 def _checkpoint_stats(normalize, model: nn.Module | None):
@@ -645,18 +726,27 @@ def _checkpoint_stats(normalize, model: nn.Module | None):
                          "mean/std; pass normalize='imagenet' or a (mean, std) pair")
     return model
 
+def _model_input(img_size: int | None, normalize, model: nn.Module | None) -> tuple:
+    "(img_size, normalize, in_chans) of an image folder for `model` (without one: 224 px, RGB)."
+    pe = getattr(model, "patch_embed", None)
+    size = img_size or (pe.img_size[0] if getattr(pe, "img_size", None) else 224)
+    chans = pe.proj.in_channels if hasattr(getattr(pe, "proj", None), "in_channels") else 3
+    grey = _checkpoint_stats("checkpoint", model) if chans == 1 and model is not None else "fmnist"
+    return size, normalize or ("imagenet" if chans == 3 else grey), chans
+
 def dataset_transforms(name: str, # a key of `DATASETS`
                        img_size: int | None = None, # model input side (default 224; 32 for the benchmark)
                        normalize: str | tuple | Mapping | nn.Module | None = None, # or "checkpoint"
                        model: nn.Module | None = None, # whose statistics normalize="checkpoint" uses
                       ) -> tuple[v2.Compose, v2.Compose]: # (train, eval)
     "The (train, eval) transforms of `name`: the paper's (224 px, ImageNet stats) or the benchmark's (32 px)."
-    normalize = _checkpoint_stats(normalize, model)
-    if dataset_spec(name).tiny: return tiny_transforms(img_size or TINY_IMG_SIZE, normalize or "fmnist")
+    normalize, spec = _checkpoint_stats(normalize, model), dataset_spec(name)
+    if spec.tiny: return tiny_transforms(img_size or TINY_IMG_SIZE, normalize or "fmnist")
+    if spec.folder is not None: return paper_transforms(*_model_input(img_size, normalize, model))
     return paper_transforms(img_size or 224, normalize or "imagenet")
 
 # %% ../nbs/03_data.ipynb #a5fddddc
-def raw_parts(name: str, # a key of `DATASETS`
+def raw_parts(name: str, # a key of `DATASETS`, or folder:PATH
               root: str | Path | None = None, # where the files are (default `<cache>/data`; Fashion-MNIST's own for the benchmark)
               download: bool = True, # fetch from the official source when absent
               cache: str | Path | None = None, # cache directory (see `cache_dir`)
@@ -672,7 +762,7 @@ def raw_parts(name: str, # a key of `DATASETS`
     return parts
 
 # %% ../nbs/03_data.ipynb #7b257df8
-def dataset_splits(name: str, # a key of `DATASETS`
+def dataset_splits(name: str, # a key of `DATASETS`, or folder:PATH
                    root: str | Path | None = None, # see `raw_parts`
                    seed: int = 0, # the run seed: draws the train/valid split
                    img_size: int | None = None, # model input side (default 224; 32 for the benchmark)
@@ -682,14 +772,18 @@ def dataset_splits(name: str, # a key of `DATASETS`
                    model: nn.Module | None = None, # the model whose statistics normalize="checkpoint" uses
                   ) -> tuple[Split, Split, Split]: # train (train transform), valid and test (eval transform)
     "The train, valid and test datasets of `name`, split by its rule (see `split_parts`)."
+    if (spec := dataset_spec(name)).n_classes == 0:
+        raise DataFormatError(f"{name}: a flat folder of images has no labels, so no train/valid/test "
+                              "splits: it serves as a plasticity sample; to finetune, put each class's "
+                              "images in a sub-folder of its own")
     train_tfm, eval_tfm = dataset_transforms(name, img_size, normalize, model)
-    splits = split_parts(raw_parts(name, root, download, cache), dataset_spec(name).split, seed, fixed_split)
+    splits = split_parts(raw_parts(name, root, download, cache), spec.split, seed, fixed_split)
     if empty := [s for s, (_, i) in zip(("train", "valid", "test"), splits) if not i]:
         raise DataFormatError(f"{name}: the {'/'.join(empty)} split is empty: too few images to split")
     return tuple(Split(ds, idxs, tfm) for (ds, idxs), tfm in zip(splits, (train_tfm, eval_tfm, eval_tfm)))
 
 # %% ../nbs/03_data.ipynb #8380dc65
-def dataloaders(name: str, # a key of `DATASETS`
+def dataloaders(name: str, # a key of `DATASETS`, or folder:PATH
                 root: str | Path | None = None, # where the files are (see `raw_parts`)
                 seed: int = 0, # the run seed: train/valid split and shuffling
                 bs: int = 64, # batch size (the paper's is 512)
@@ -711,7 +805,7 @@ def dataloaders(name: str, # a key of `DATASETS`
                for k, ds in enumerate(splits)]
     dls = DataLoaders(*loaders)
     dls.train.rng = random.Random(seed)  # fastai draws each epoch's order from this generator
-    dls.c, dls.name = DATASETS[name].n_classes, name
+    dls.c, dls.name = dataset_spec(name).n_classes, name
     return dls
 
 # %% ../nbs/03_data.ipynb #cbdd8e8a
@@ -740,7 +834,7 @@ def pairing_idxs(idxs: Sequence[int], # the sample's items in order: a test spli
     return [usable[k % len(usable)] for k in range(len(usable) if n is None else n)]
 
 # %% ../nbs/03_data.ipynb #1c8c499b
-def plasticity_sample(name: str, # a key of `DATASETS`
+def plasticity_sample(name: str, # a key of `DATASETS`, or folder:PATH
                       n: int | None = None, # number of pairs (default: one pass, see `pairing_idxs`)
                       root: str | Path | None = None, img_size: int | None = None,
                       normalize: str | tuple | Mapping | nn.Module | None = None, # see `dataset_transforms`

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio, fcntl, hashlib, itertools, json, math, os, queue, re, signal, socket, sys, threading, weakref
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
+from importlib.resources import files
 from pathlib import Path
 
 import yaml
@@ -42,9 +43,11 @@ def grids_dir() -> Path:
     return Path(vit_plasticity.__file__).resolve().parent / "grids"
 
 def notebooks_dir() -> Path:
-    "Folder of the experiment notebooks: $VITP_NOTEBOOKS, else the checkout's `nbs/experiments`."
+    "Folder of the experiment notebooks: $VITP_NOTEBOOKS, else `nbs/experiments`, else the wheel's copy."
     if env := os.environ.get("VITP_NOTEBOOKS"): return Path(env)
-    return Path(vit_plasticity.__file__).resolve().parents[1] / "nbs" / "experiments"
+    nbs = Path(vit_plasticity.__file__).resolve().parents[1] / "nbs"  # a checkout runs its nbs/ itself
+    if not (nbs / "experiments").is_dir(): nbs = Path(str(files("vit_plasticity"))) / "notebooks"
+    return nbs / "experiments"
 
 # %% ../nbs/08_grid.ipynb #a26e00de
 class _UniqueKeyLoader(yaml.SafeLoader):

@@ -26,7 +26,7 @@ from .models import PAPER_LN_EPS, PRESETS, TINY_VIT_FILE, set_ln_eps, tiny_recip
 
 # %% auto #0
 __all__ = ['TINY_VIT_ARCH', 'TINY_VIT_RECIPE', 'tiny_vit', 'tiny_tensors', 'fmnist_tensors', 'accuracy', 'train_tiny_vit',
-           'pretrain_tiny_vit', 'is_current', 'pretrain_tiny_vit_cli']
+           'pretrain_out', 'pretrain_tiny_vit', 'is_current', 'pretrain_tiny_vit_cli']
 
 # %% ../nbs/04a_tiny_vit.ipynb #e0bc967e
 TINY_VIT_ARCH = dict(timm_name=PRESETS["tiny-fmnist"], img_size=TINY_IMG_SIZE, patch_size=8, in_chans=1,
@@ -86,6 +86,14 @@ def train_tiny_vit(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, # m
         losses.append(loss.item())
     return losses
 
+# %% ../nbs/04a_tiny_vit.ipynb #d5ee7248
+def pretrain_out(package: str | Path | None = None, # the package's folder (default: this library's)
+                ) -> Path:                           # the weights file `vitp-pretrain` writes by default
+    "The shipped weights file in a checkout; ./tiny_vit_fmnist.safetensors in an installed package."
+    package = Path(package or Path(vit_plasticity.__file__).resolve().parent)
+    if (package.parent / "settings.ini").is_file(): return package / "assets" / TINY_VIT_FILE.name
+    return Path.cwd() / TINY_VIT_FILE.name
+
 # %% ../nbs/04a_tiny_vit.ipynb #1e9dea54
 def _record(recipe: dict, n_train: int, n_test: int, subset: bool, losses: list[float], acc: float,
             wall: float, cpu: float, load: tuple) -> dict:
@@ -103,7 +111,7 @@ def _record(recipe: dict, n_train: int, n_test: int, subset: bool, losses: list[
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
 # %% ../nbs/04a_tiny_vit.ipynb #f041b2a1
-def pretrain_tiny_vit(out: str | Path | None = None, # weights file to write (default the shipped `TINY_VIT_FILE`); JSON beside it
+def pretrain_tiny_vit(out: str | Path | None = None, # weights (default `pretrain_out()`), JSON beside
                       root: str | Path | None = None, # folder of the Fashion-MNIST idx files
                       n_train: int | None = None,     # train on the first `n_train` images only (smoke tests)
                       n_test: int | None = None,      # test on the first `n_test` images only (smoke tests)
@@ -120,7 +128,7 @@ def pretrain_tiny_vit(out: str | Path | None = None, # weights file to write (de
     acc = accuracy(model, xt, yt)
     subset = n_train is not None or n_test is not None or max_steps is not None
     rec = _record(recipe, len(x), len(xt), subset, losses, acc, time.perf_counter() - t0, time.process_time() - c0, load)
-    out = Path(out or TINY_VIT_FILE)
+    out = Path(out or pretrain_out())
     save_file(model.state_dict(), out)
     out.with_suffix(".json").write_text(json.dumps(rec, indent=2) + "\n")
     return rec
@@ -138,7 +146,7 @@ def is_current(out: str | Path | None = None, # weights file (default the shippe
 
 # %% ../nbs/04a_tiny_vit.ipynb #ddd8fef2
 @call_parse
-def pretrain_tiny_vit_cli(out: str = None,              # weights file (default: the package's assets/tiny_vit_fmnist.safetensors)
+def pretrain_tiny_vit_cli(out: str = None,              # weights file (default `pretrain_out()`)
                           epochs: int = TINY_VIT_RECIPE["epochs"], # passes over Fashion-MNIST train
                           lr: float = TINY_VIT_RECIPE["lr"],       # peak learning rate of the one-cycle schedule
                           seed: int = TINY_VIT_RECIPE["seed"],     # seed of the initialisation and of the batch order
@@ -148,7 +156,7 @@ def pretrain_tiny_vit_cli(out: str = None,              # weights file (default:
                          ):
     "Pretrain the tiny Fashion-MNIST ViT, or reuse the file that already holds it."
     if threads: torch.set_num_threads(threads)
-    recipe, dest = dict(epochs=epochs, lr=lr, seed=seed), Path(out or TINY_VIT_FILE)
+    recipe, dest = dict(epochs=epochs, lr=lr, seed=seed), Path(out or pretrain_out())
     if not force and is_current(dest, **recipe):
         return print(f"{dest} already holds this recipe's tiny ViT (test accuracy "
                      f"{tiny_recipe(dest)['results']['test_accuracy']:.2%}); --force to pretrain again")
