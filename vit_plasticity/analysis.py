@@ -20,7 +20,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from scipy import stats
 
-from .grid import load_spec, notebooks_dir, plan
+from .grid import load_spec, plan, results_notebook
 from .plasticity import COMPONENT_COLORS, THEORETICAL_RANK
 from .runs import atomic_write, atomic_write_text
 from .stats import (COMPONENT_ORDER, MIN_DATASETS, PROBES, Results, compute_results, model_opts,
@@ -531,7 +531,7 @@ def execute_results_notebook(grid: str | Path, root: Path, out: Path, rehearse: 
     params = dict(grid=str(grid), root=str(root), rehearse=rehearse, sample=sample or 0,
                   report=str(report or ""))
     try:
-        pm.execute_notebook(str(notebooks_dir().parent / "results.ipynb"), str(tmp), parameters=params,
+        pm.execute_notebook(str(results_notebook()), str(tmp), parameters=params,
                             progress_bar=False, kernel_name="python3")
         os.replace(tmp, out)
     finally:

@@ -13,7 +13,7 @@ import vit_plasticity
 from .slurm import SLURM_OPTIONS  # light: the libraries each command needs are imported by it
 
 # %% auto #0
-__all__ = ['parser', 'plan_table', 'sbatch_preview', 'status_table', 'plan_flags', 'retry_hint', 'headline_text', 'main']
+__all__ = ['parser', 'plan_table', 'sbatch_preview', 'cost_table', 'status_table', 'plan_flags', 'retry_hint', 'main']
 
 # %% ../nbs/10_cli.ipynb #df96d767
 def _positive(text: str) -> int:
@@ -106,6 +106,12 @@ def sbatch_preview(spec: dict, runs: list, root: Path, overrides: dict, rehearse
                      + sbatch_text(settings(kind), n, root / ".submitit", f"vitp-{spec['name']}-{kind}")
                      for kind, n in counts.items())
 
+def cost_table(runs: list) -> str:
+    "The plan's estimated FLOPs and GPU-hours per kind (the cost notebook; its assumptions in the heading)."
+    from vit_plasticity.cost import plan_cost
+    table = plan_cost(runs).round(1).to_string()
+    return f"estimated cost (H100 at 40% of its dense peak; fp32 without TF32, as PyTorch's default):\n{table}"
+
 # %% ../nbs/10_cli.ipynb #898e413b
 def status_table(statuses: dict[str, str]) -> str:
     "Counts of run statuses, and the ids of failed and unfinished runs."
@@ -128,19 +134,6 @@ def retry_hint(statuses: dict[str, str], args, argv: list[str]) -> str:
     retry = " ".join(["vitp", *[a for a in argv if a != "--retry-failed"], "--retry-failed"])
     return f"{n} run(s) failed: `{status}` lists them and each one's metrics.json says why; retry them: `{retry}`"
 
-# %% ../nbs/10_cli.ipynb #9dfad2ef
-def headline_text(report_dir: str | Path) -> str:
-    "The headline table of a written report (per component: plasticity, best accuracy, gain, LR gap) and the rank correlation."
-    head, sp = Path(report_dir) / "headline.csv", Path(report_dir) / "spearman.csv"
-    if not head.exists(): return "no finished runs yet"
-    import pandas as pd
-    lines = ["Headline, per component:", pd.read_csv(head, index_col=0).round(3).to_string()]
-    if sp.exists():
-        rho = pd.read_csv(sp, index_col=0).loc["pooled"]
-        lines.append(f"Spearman rank correlation of plasticity and gain over the probe, pooled: "
-                     f"rho = {rho['rho']:.2f} (p = {rho['p']:.3f}, n = {int(rho['n'])})")
-    return "\n".join(lines)
-
 # %% ../nbs/10_cli.ipynb #5ff5f5e7
 def _slurm_overrides(args) -> dict:
     "The SLURM settings given on the command line."
@@ -154,6 +147,7 @@ def _run(args, spec: dict, argv: list[str]) -> int:
         run_grid(spec, dry_run=True, **kw)
         runs, root = plan(spec, **kw)
         print(plan_table(runs, spec["name"]))
+        if not args.rehearse: print(cost_table(runs))
         if args.executor == "slurm": print(sbatch_preview(spec, runs, root, _slurm_overrides(args), args.rehearse))
         return 0
     out = run_grid(spec, jobs=args.jobs, devices=args.devices, executor=args.executor,
@@ -190,28 +184,40 @@ def _refused(command, args) -> int:
         return 2
 
 # %% ../nbs/10_cli.ipynb #6f6e2b4e
+def _grid_command(args, argv: list[str]) -> int:
+    "`vitp grid run|status` and `vitp report`."
+    from vit_plasticity.grid import grid_status, load_spec
+    spec = load_spec(args.spec)
+    if args.command == "grid" and args.action == "run": return _run(args, spec, argv)
+    if args.command == "grid":
+        statuses = grid_status(spec, args.root, args.rehearse, args.sample)
+        print(status_table(statuses))
+        return int(any(s != "done" for s in statuses.values()))
+    from vit_plasticity.analysis import summary_text, write_report
+    report = write_report(args.spec, args.root, rehearse=args.rehearse, sample=args.sample,
+                          **({"out": args.out} if args.out else {}))
+    print(summary_text(report.parent))
+    print(f"report: {report}")
+    return 0
+
+def _crash(e: BaseException) -> int:
+    "An error no check foresaw: one line, and the traceback in a file for a bug report (exit status 3)."
+    import tempfile, traceback
+    with tempfile.NamedTemporaryFile("w", prefix="vitp-error-", suffix=".log", delete=False) as f:
+        traceback.print_exception(e, file=f)
+    print(f"vitp: unexpected {type(e).__name__}: {e} (traceback in {f.name}; please report it)", file=sys.stderr)
+    return 3
+
+# %% ../nbs/10_cli.ipynb #09d39848
 def main(argv: list[str] | None = None) -> int:
-    "Entry point of `vitp`; exit status 0 (all well), 1 (runs failed or not all done), 2 (refused before work)."
+    "Entry point of `vitp`: 0 all well, 1 runs failed or not all done, 2 refused before work, 3 a bug, 130 Ctrl-C."
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser().parse_args(argv)
     if args.command in ("plasticity", "recommend"): return _refused(_rank, args)
-    from vit_plasticity.grid import GridSpecError, grid_status, load_spec
     from vit_plasticity.preflight import PreflightError
     from vit_plasticity.runs import GridInterrupted, RunsDirError
-    try:
-        spec = load_spec(args.spec)
-        if args.command == "grid" and args.action == "run": return _run(args, spec, argv)
-        if args.command == "grid":
-            statuses = grid_status(spec, args.root, args.rehearse, args.sample)
-            print(status_table(statuses))
-            return int(any(s != "done" for s in statuses.values()))
-        from vit_plasticity.analysis import write_report
-        report = write_report(args.spec, args.root, rehearse=args.rehearse, sample=args.sample,
-                              **({"out": args.out} if args.out else {}))
-        print(headline_text(report.parent))
-        print(f"report: {report}")
-        return 0
-    except (GridSpecError, RunsDirError, PreflightError, ValueError) as e:  # refused before work: no traceback
+    try: return _grid_command(args, argv)
+    except (RunsDirError, PreflightError, ValueError, OSError) as e:  # refused, or a file it cannot use: say which
         print(f"vitp: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:  # Ctrl-C: what happened, and that the same command resumes
@@ -219,3 +225,4 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vitp: {getattr(e, 'message', 'interrupted before any run started')}; "
               "run the same command again to resume", file=sys.stderr)
         return 130
+    except Exception as e: return _crash(e)

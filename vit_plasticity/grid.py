@@ -24,10 +24,10 @@ from .runs import atomic_write_json, atomic_write_text, check_writable, clear_ru
 from .runs import notebook_sha, record_failure, run_status, runs_root
 
 # %% auto #0
-__all__ = ['KINDS', 'WARM_MODULES', 'GridSpecError', 'grids_dir', 'notebooks_dir', 'load_spec', 'validate_spec', 'Run', 'expand',
-           'notebook_for', 'check_params', 'check_names', 'check_values', 'check_plan', 'RunLock', 'bind_to_parent',
-           'run_kernel_manager', 'WarmKernels', 'current_code', 'run_state', 'execute_run', 'grid_root', 'plan',
-           'grid_status', 'run_local', 'slurm_plan_settings', 'run_grid']
+__all__ = ['KINDS', 'WARM_MODULES', 'GridSpecError', 'grids_dir', 'notebooks_dir', 'results_notebook', 'load_spec',
+           'validate_spec', 'Run', 'expand', 'notebook_for', 'check_params', 'check_names', 'check_values',
+           'check_plan', 'RunLock', 'bind_to_parent', 'run_kernel_manager', 'WarmKernels', 'current_code', 'run_state',
+           'execute_run', 'grid_root', 'plan', 'grid_status', 'run_local', 'slurm_plan_settings', 'run_grid']
 
 # %% ../nbs/08_grid.ipynb #01bd7fd4
 KINDS = ("plasticity", "bounds", "finetune", "linear_probe")  # one experiment notebook each
@@ -42,12 +42,19 @@ def grids_dir() -> Path:
     "Folder of the committed grid specifications."
     return Path(vit_plasticity.__file__).resolve().parent / "grids"
 
+def _shipped_notebooks() -> Path:
+    "The checkout's `nbs/` (a checkout runs its notebooks itself), else the wheel's copy of them."
+    nbs = Path(vit_plasticity.__file__).resolve().parents[1] / "nbs"
+    return nbs if (nbs / "experiments").is_dir() else Path(str(files("vit_plasticity"))) / "notebooks"
+
 def notebooks_dir() -> Path:
     "Folder of the experiment notebooks: $VITP_NOTEBOOKS, else `nbs/experiments`, else the wheel's copy."
     if env := os.environ.get("VITP_NOTEBOOKS"): return Path(env)
-    nbs = Path(vit_plasticity.__file__).resolve().parents[1] / "nbs"  # a checkout runs its nbs/ itself
-    if not (nbs / "experiments").is_dir(): nbs = Path(str(files("vit_plasticity"))) / "notebooks"
-    return nbs / "experiments"
+    return _shipped_notebooks() / "experiments"
+
+def results_notebook() -> Path:
+    "The results notebook the report executes (the checkout's or the wheel's; $VITP_NOTEBOOKS does not move it)."
+    return _shipped_notebooks() / "results.ipynb"
 
 # %% ../nbs/08_grid.ipynb #a26e00de
 class _UniqueKeyLoader(yaml.SafeLoader):

@@ -100,7 +100,9 @@ def submitit_parameters(settings: Mapping, name: str = "vitp") -> dict:
 # %% ../nbs/07b_slurm.ipynb #6c837bb2
 def make_executor(folder: str | Path, settings: Mapping, name: str = "vitp", cluster: str | None = "slurm"):
     "A submitit executor for SLURM `settings` writing its logs under `folder` (cluster 'local' for tests)."
-    import submitit
+    try: import submitit
+    except ModuleNotFoundError as e:
+        raise SlurmConfigError("the SLURM executor needs submitit: pip install 'vit-plasticity[slurm]'") from e
     ex = submitit.AutoExecutor(folder=Path(folder) / "%j", cluster=cluster, slurm_max_num_timeout=0)
     ex.update_parameters(**submitit_parameters(settings, name))
     return ex
@@ -112,19 +114,21 @@ def sbatch_text(settings: Mapping, n_tasks: int, folder: str | Path = "runs/.sub
     return slurm._make_submission_file_text(slurm._submitit_command_str, "preview")
 
 # %% ../nbs/07b_slurm.ipynb #2f905ca8
-import submitit.helpers
-
 def _abandon_on_sigterm(signum, frame) -> None:
     "SLURM ends a task (scancel, time limit, preemption) with SIGTERM to all its processes, the kernel included."
     ABANDON.set()  # the run is left partial; the launcher records SLURM's reason
 
-class GridTask(submitit.helpers.Checkpointable):
+class GridTask:
     "A SLURM task executing one run with `execute` (the grid's `execute_run`), its device resolved in the task."
     def __init__(self, execute: Callable[..., str]): self.execute = execute
     def __call__(self, run, root, device: str = "auto", notebooks=None, retry_failed: bool = False,
                  rerun_stale: bool = False) -> str:
         signal.signal(signal.SIGTERM, _abandon_on_sigterm)
         return self.execute(run, root, resolve_devices(device)[0], notebooks, retry_failed, rerun_stale)
+    def checkpoint(self, *args, **kwargs):
+        "On preemption, submitit requeues the task with the same arguments (the run starts again from scratch)."
+        from submitit.helpers import DelayedSubmission
+        return DelayedSubmission(self, *args, **kwargs)
 
 # %% ../nbs/07b_slurm.ipynb #3897358c
 _SLURM_FIXES = {
