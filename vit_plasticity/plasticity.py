@@ -431,6 +431,7 @@ def _naive_in_situ(model: nn.Module, a: torch.Tensor, b: torch.Tensor) -> pd.Dat
                  for k in range(len(a))]
     return pd.DataFrame(rows, columns=["pair", "layer", "component", "d_in", "d_out"]).eval("ratio = d_out / d_in")
 
+# %% ../nbs/01_plasticity.ipynb #0562ed2e
 def naive_plasticity(model: nn.Module,  # a supported ViT, in fp32
                      a: torch.Tensor,  # source images (B, C, H, W), a few
                      b: torch.Tensor,  # target images, paired with `a` image by image
