@@ -74,9 +74,10 @@ def _mha_distance(mha: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Ten
 def _paper_layer(f: dict[str, nn.Module], x: torch.Tensor, y: torch.Tensor, rows: int = _CHUNK_ROWS) -> torch.Tensor:
     "Output distances (B, 5) of LN1, MHA, LN2, FC1, FC2 of one block `f`, each fed the embeddings x, y. (B, n, d)"
     ln1, ln2 = _ln_distance(f["LN1"], x, y), _ln_distance(f["LN2"], x, y)
+    w1, w2 = f["FC1"].weight, f["FC2"].weight[:, : x.shape[-1]]  # a `Component`'s built once, not per chunk
     mha_d = _chunked(lambda xc, yc: _mha_distance(f["MHA"], xc, yc), x, y, rows)                  # (6)
-    fc1_d = _chunked(lambda xc, yc: _fro(F.linear(xc - yc, f["FC1"].weight)), x, y, rows)        # (4)
-    fc2_d = _fro(F.linear(x - y, f["FC2"].weight[:, : x.shape[-1]]))                             # (5)
+    fc1_d = _chunked(lambda xc, yc: _fro(F.linear(xc - yc, w1)), x, y, rows)                     # (4)
+    fc2_d = _fro(F.linear(x - y, w2))                                                            # (5)
     return torch.stack([ln1, mha_d, ln2, fc1_d, fc2_d], -1)
 
 # %% ../nbs/01_plasticity.ipynb #0ece1549
