@@ -13,14 +13,15 @@ import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 from torch import nn
 
-from .components import COMPONENTS, block_components, check_vit, embed
+from .components import (COMPONENTS, FAMILIES, Component, block_components, check_vit, embed,
+                                       family_of, n_blocks, out_projection, parts_of)
 from .plasticity import COMPONENT_COLORS, THEORETICAL_RANK, check_images
 from .plasticity import PAIRINGS, _check_fits, _check_pairing, _measuring, _pairs  # pair stream
 
 # %% auto #0
-__all__ = ['PAPER_R', 'RIGOROUS', 'layernorm_bound', 'layernorm_bound_paper', 'linear_bound', 'head_weights', 'mha_bound',
-           'token_count', 'token_radius', 'pair_token_stats', 'plasticity_bounds', 'bounds_table', 'plot_bounds',
-           'bounds_check', 'bounds_verdict', 'plot_bounds_check']
+__all__ = ['PAPER_R', 'RIGOROUS', 'layernorm_bound', 'layernorm_bound_paper', 'linear_bound', 'NotPlainSoftmaxError',
+           'head_weights', 'mha_bound', 'token_count', 'token_radius', 'pair_token_stats', 'plasticity_bounds',
+           'bounds_table', 'plot_bounds', 'bounds_check', 'bounds_verdict', 'plot_bounds_check']
 
 # %% ../nbs/02_bounds.ipynb #f7a3c37e
 def layernorm_bound(ln: nn.LayerNorm,  # the LayerNorm (LN1 or LN2)
@@ -43,40 +44,68 @@ def linear_bound(lin: nn.Linear,  # the linear layer (FC1 or FC2)
     return torch.linalg.matrix_norm(lin.weight.detach()[:, :in_features], ord=2).item()
 
 # %% ../nbs/02_bounds.ipynb #a129d575
-def _check_plain_attention(attn: nn.Module) -> nn.Module:
-    "`attn` if it is softmax attention the bound covers (no QK-norm, output norm or gate), else TypeError."
-    norms = ("q_norm", "k_norm", "norm")
-    extra = [n for n in norms if not isinstance(getattr(attn, n, nn.Identity()), nn.Identity)]
-    if getattr(attn, "gate", None) is not None: extra.append("gate")
-    if not hasattr(attn, "qkv") or extra:
-        raise TypeError("the MHA bound covers timm's plain Attention (fused qkv, proj); "
-                        f"this one has {extra or 'no qkv'}")
-    return attn
+class NotPlainSoftmaxError(TypeError):
+    "An attention the MHA bound does not cover: not plain softmax (QK-norm, gate, RoPE, position bias)."
+
+def _plain_attention(mha: nn.Module) -> tuple[nn.Module, torch.Tensor | None]:
+    "The plain softmax attention inside `mha` and its LayerScale (or None); else a `NotPlainSoftmaxError`."
+    (attn, *more), scale = parts_of(mha)
+    norms = [getattr(attn, n, nn.Identity()) for n in ("q_norm", "k_norm", "norm")]
+    extra = [n for n, m in zip(("q_norm", "k_norm", "norm"), norms) if not isinstance(m, nn.Identity)]
+    extra += ["gate"] if getattr(attn, "gate", None) is not None else []
+    position = ("rotate_half", "relative_position_bias_table")  # EVA's RoPE, BEiT's relative position bias
+    if (isinstance(mha, Component) and mha.inputs is not None) or any(hasattr(attn, a) for a in position):
+        extra.append("position-dependent scores (RoPE or relative position bias)")
+    separate = all(isinstance(getattr(attn, n, None), nn.Linear) for n in ("q_proj", "k_proj", "v_proj"))
+    if extra or more or not (isinstance(getattr(attn, "qkv", None), nn.Linear) or separate):
+        raise NotPlainSoftmaxError(
+            "the MHA bound covers plain softmax attention (timm's plain Attention with fused qkv and proj, "
+            f"or Hugging Face's ViT, DINOv2, CLIP attention); this {type(attn).__name__} has "
+            f"{extra or 'no qkv'}")
+    return attn, scale
+
+# %% ../nbs/02_bounds.ipynb #31d813d7
+def _heads(attn: nn.Module) -> tuple[int, int, float]:
+    "Heads H, head width d_h and score scale (1/√d_h) of a plain attention, timm's or Hugging Face's names."
+    H = getattr(attn, "num_heads", None) or attn.num_attention_heads
+    return H, attn.head_dim, getattr(attn, "scale", None) or attn.scaling
+
+def _qkv(attn: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
+    "Query, key, value weights (3, H·d_h, d) and biases (3, H·d_h) (None without): fused `qkv` or q/k/v_proj."
+    if isinstance(getattr(attn, "qkv", None), nn.Linear): w, b = attn.qkv.weight, attn.qkv.bias
+    else:
+        lins = [attn.q_proj, attn.k_proj, attn.v_proj]
+        w = torch.cat([l.weight for l in lins])
+        b = None if any(l.bias is None for l in lins) else torch.cat([l.bias for l in lins])
+    return w.detach().view(3, -1, w.shape[-1]), None if b is None else b.detach().view(3, -1)
 
 # %% ../nbs/02_bounds.ipynb #ca5c3c85
-def head_weights(attn: nn.Module,  # a timm `Attention` (fused `qkv`, `proj`)
+def head_weights(attn: nn.Module,  # MHA: a timm `Attention`, Hugging Face's, or a `block_components` MHA
                  paper_compat: bool = False,  # slice Q, K, V by columns, as the authors' code does
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     "Per-head weights Q, K, V (H, d_h, d) and O (H, d, d_h) of `attn`, sliced as its forward pass (or paper)."
-    H, dh, d = _check_plain_attention(attn).num_heads, attn.head_dim, attn.qkv.in_features
-    w = attn.qkv.weight.detach().view(3, H * dh, d)  # the Q, K, V matrices
+    inner, ls = _plain_attention(attn)  # LayerScale γ multiplies the output: O^h becomes diag(γ) O^h
+    (H, dh, _), w = _heads(inner), _qkv(inner)[0]  # the Q, K, V matrices (3, H·d_h, d)
+    d = w.shape[-1]
     if paper_compat:
         if H * dh != d: raise ValueError(f"column slicing needs a square qkv block, got {H * dh}×{d}")
         qkv = w.view(3, d, H, dh).permute(0, 2, 3, 1)  # head h: columns h·d_h:(h+1)·d_h, transposed
     else: qkv = w.view(3, H, dh, d)  # head h: rows h·d_h:(h+1)·d_h
-    o = attn.proj.weight.detach().view(-1, H, dh).permute(1, 0, 2)  # (H, d, d_h)
+    o = out_projection(inner).weight.detach()
+    o = (o if ls is None else o * ls.detach()[:, None]).view(-1, H, dh).permute(1, 0, 2)  # (H, d, d_h)
     return qkv[0], qkv[1], qkv[2], o
 
 # %% ../nbs/02_bounds.ipynb #490c1288
 def _query_bias_norms(attn: nn.Module, k: torch.Tensor) -> torch.Tensor:
     r"$\|c^h\|$ per head (H,), $c^h = K^{h\top} b_Q^h / \sqrt{d_h}$: the query bias's shift of the scores."
-    H, dh = k.shape[0], k.shape[1]
-    if attn.qkv.bias is None: return k.new_zeros(H)
-    b_q = attn.qkv.bias.detach()[: H * dh].view(H, dh, 1)  # query bias by head (rows, as the forward pass)
-    return (k.mT @ b_q * attn.scale).norm(dim=(1, 2))
+    inner, _ = _plain_attention(attn)
+    (H, dh, scale), b = _heads(inner), _qkv(inner)[1]
+    if b is None: return k.new_zeros(H)
+    b_q = b[0].view(H, dh, 1)  # query bias by head (rows, as the forward pass)
+    return (k.mT @ b_q * scale).norm(dim=(1, 2))
 
 # %% ../nbs/02_bounds.ipynb #6f473f49
-def mha_bound(attn: nn.Module,  # a timm `Attention` (fused `qkv`, `proj`)
+def mha_bound(attn: nn.Module,  # MHA: a timm `Attention`, Hugging Face's, or a `block_components` MHA
               r: float,  # every token norm is at most r (the paper plugs in its mean RMS token norm)
               n_tokens: int,  # tokens per image, n
               paper_compat: bool = False,  # the paper's computation: column-sliced Q, K, V, no query bias
@@ -88,7 +117,8 @@ def mha_bound(attn: nn.Module,  # a timm `Attention` (fused `qkv`, `proj`)
         raise ValueError("qk_bias=True needs the forward pass's heads (paper_compat=False): the query bias "
                          "is sliced by rows, the paper's computation slices the keys by columns")
     q, k, v, o = head_weights(attn, paper_compat)
-    a = torch.linalg.matrix_norm(q.mT @ k * attn.scale, ord=2)  # (H,): ‖A^h‖₂, A^h = Q^hᵀ K^h / √d_h
+    scale = _heads(_plain_attention(attn)[0])[2]  # 1/√d_h
+    a = torch.linalg.matrix_norm(q.mT @ k * scale, ord=2)  # (H,): ‖A^h‖₂, A^h = Q^hᵀ K^h / √d_h
     c = _query_bias_norms(attn, k) if qk_bias else torch.zeros_like(a)  # (H,): ‖c^h‖
     n = n_tokens
     per_head = torch.sqrt(3 * n + 3 * r**4 * a**2 + 12 * n * r**2 * (r * a + c) ** 2)
@@ -100,8 +130,7 @@ PAPER_R = 19.4  # the paper's r: mean RMS token norm of ViT-B/16 embeddings of C
 # %% ../nbs/02_bounds.ipynb #da2328db
 def token_count(model: nn.Module) -> int:
     "Tokens per image at the embedding output, n: patches plus prefix tokens (CLS, registers, distillation)."
-    m = check_vit(model)
-    return m.patch_embed.num_patches + m.num_prefix_tokens
+    return family_of(check_vit(model)).n_tokens(model)
 
 # %% ../nbs/02_bounds.ipynb #789ae728
 def token_radius(model: nn.Module,  # a supported timm ViT
@@ -157,7 +186,16 @@ def pair_token_stats(model: nn.Module,  # a supported timm ViT, in fp32
     return {"r_max": r_max, "r_rms": rms_sum / (2 * n), "sigma_min": sigma_min, "n_pairs": n}
 
 # %% ../nbs/02_bounds.ipynb #575cff81
-def plasticity_bounds(model: nn.Module,  # a supported timm ViT
+def _check_softmax_family(model: nn.Module) -> None:
+    "Refuse, with a `NotPlainSoftmaxError`, a model whose family's attention is not plain softmax attention."
+    fam = family_of(check_vit(model))
+    if fam.attention != "softmax":
+        plain = ", ".join(f.name for f in FAMILIES if f.attention == "softmax")
+        raise NotPlainSoftmaxError(f"{fam.name}: its attention adds a {fam.attention} to the softmax scores, "
+                                   "which the MHA bound (plain softmax attention) does not cover; "
+                                   f"bounds exist for {plain}")
+
+def plasticity_bounds(model: nn.Module,  # a supported ViT whose attention is plain softmax attention
                       r: float | None = None,  # token radius; None: PAPER_R (rigorous: the largest norm)
                       n_tokens: int | None = None,  # tokens per image; None: token_count(model)
                       paper_compat: bool = False,  # the authors': max γ, column-sliced heads, no query bias
@@ -165,10 +203,11 @@ def plasticity_bounds(model: nn.Module,  # a supported timm ViT
                       qk_bias: bool | None = None,  # MHA counts the query bias; None: unless paper_compat
                      ) -> pd.DataFrame:
     "Bounds on the plasticity of LN1, MHA, LN2, FC1, FC2 in every block: `layer`, `component`, `bound`."
+    _check_softmax_family(model)
     r, n = PAPER_R if r is None else r, token_count(model) if n_tokens is None else n_tokens
     ln_bound = layernorm_bound_paper if paper_compat else lambda ln: layernorm_bound(ln, sigma)
     rows = []
-    for layer in range(len(check_vit(model).blocks)):
+    for layer in range(n_blocks(model)):
         c = block_components(model, layer)
         bounds = {"LN1": ln_bound(c["LN1"]), "LN2": ln_bound(c["LN2"]), "FC1": linear_bound(c["FC1"]),
                   "FC2": linear_bound(c["FC2"]), "MHA": mha_bound(c["MHA"], r, n, paper_compat, qk_bias)}

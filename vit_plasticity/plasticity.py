@@ -15,15 +15,16 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from fastprogress.fastprogress import progress_bar
 from matplotlib.figure import Figure
 from torch import nn
+from tqdm.auto import tqdm
 
-from .components import block_components, check_vit, embed
+from .components import (block_components, check_vit, embed, family_of, hook_component,
+                                       n_blocks, out_projection, parts_of)
 
 # %% auto #0
 __all__ = ['THEORETICAL_RANK', 'COMPONENT_COLORS', 'PROTOCOLS', 'PAIRINGS', 'check_images', 'check_device', 'measure_plasticity',
-           'layer_summary', 'component_summary', 'plot_plasticity_boxplot', 'plot_plasticity_depth']
+           'naive_plasticity', 'layer_summary', 'component_summary', 'plot_plasticity_boxplot', 'plot_plasticity_depth']
 
 # %% ../nbs/01_plasticity.ipynb #d0b1253b
 THEORETICAL_RANK = {"MHA": 1, "FC1": 2, "FC2": 3, "LN2": 4, "LN1": 5}  # the paper's: 1 = most plastic
@@ -37,16 +38,16 @@ def _fro(t: torch.Tensor) -> torch.Tensor:
 
 # %% ../nbs/01_plasticity.ipynb #fb50ab15
 class _ProjInput(Exception):
-    "Carries the input of `attn.proj` out of an interrupted forward pass."
+    "Carries the input of MHA's output projection out of an interrupted forward pass."
 
 def _proj_input(attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    "The input $z_x$ of `attn.proj` when `attn` runs on x, so that attn(x) = proj(z_x) in eval mode. (B, n, d_attn)"
+    "The input $z_x$ of MHA's output projection when `attn` runs on x: attn(x) = γ · proj(z_x) in eval mode."
     def stop(module, args): raise _ProjInput(args[0])
-    handle = attn.proj.register_forward_pre_hook(stop)
+    handle = out_projection(attn).register_forward_pre_hook(stop)
     try: attn(x)
     except _ProjInput as e: return e.args[0]
     finally: handle.remove()
-    raise TypeError(f"{type(attn).__name__} never calls its `proj`: MHA must end with its output projection")
+    raise TypeError(f"{type(attn).__name__} never calls its output projection: MHA must end with it")
 
 # %% ../nbs/01_plasticity.ipynb #94daf8a1
 _CHUNK_ROWS = 1024  # token rows per chunk of pairs for MHA and FC1 (memory only: the numbers do not depend on it)
@@ -63,18 +64,20 @@ def _ln_distance(ln: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tenso
     return _fro(d - ln(y) if d is x else d.sub_(ln(y)))
 
 def _mha_distance(mha: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    "‖MHA(x) - MHA(y)‖_F per pair through (6): one projection of z_x - z_y."
+    "‖MHA(x) - MHA(y)‖_F per pair through (6): one projection of z_x - z_y (times its LayerScale, if any)."
     z = _proj_input(mha, x)
     z -= _proj_input(mha, y)
-    return _fro(F.linear(z, mha.proj.weight))
+    out, scale = F.linear(z, out_projection(mha).weight), parts_of(mha)[1]
+    return _fro(out if scale is None else out * scale)
 
 # %% ../nbs/01_plasticity.ipynb #dcdaf124
 def _paper_layer(f: dict[str, nn.Module], x: torch.Tensor, y: torch.Tensor, rows: int = _CHUNK_ROWS) -> torch.Tensor:
     "Output distances (B, 5) of LN1, MHA, LN2, FC1, FC2 of one block `f`, each fed the embeddings x, y. (B, n, d)"
     ln1, ln2 = _ln_distance(f["LN1"], x, y), _ln_distance(f["LN2"], x, y)
+    w1, w2 = f["FC1"].weight, f["FC2"].weight[:, : x.shape[-1]]  # a `Component`'s built once, not per chunk
     mha_d = _chunked(lambda xc, yc: _mha_distance(f["MHA"], xc, yc), x, y, rows)                  # (6)
-    fc1_d = _chunked(lambda xc, yc: _fro(F.linear(xc - yc, f["FC1"].weight)), x, y, rows)        # (4)
-    fc2_d = _fro(F.linear(x - y, f["FC2"].weight[:, : x.shape[-1]]))                             # (5)
+    fc1_d = _chunked(lambda xc, yc: _fro(F.linear(xc - yc, w1)), x, y, rows)                     # (4)
+    fc2_d = _fro(F.linear(x - y, w2))                                                            # (5)
     return torch.stack([ln1, mha_d, ln2, fc1_d, fc2_d], -1)
 
 # %% ../nbs/01_plasticity.ipynb #0ece1549
@@ -92,20 +95,23 @@ def _in_situ_batch(model: nn.Module, comps: list[dict[str, nn.Module]], a: torch
     B = len(a)
     d_in = a.new_zeros((B, len(comps), 5))
     d_out, ran = d_in.clone(), torch.zeros(len(comps), 5, dtype=torch.bool)
-    def record(l, c):
-        def hook(module, args, out):
-            d_in[:, l, c], d_out[:, l, c] = _fro(args[0][:B] - args[0][B:]), _fro(out[:B] - out[B:])
-            ran[l, c] = True
+    def record_input(l, c):
+        def hook(x): d_in[:, l, c], ran[l, c] = _fro(x[:B] - x[B:]), True
         return hook
-    handles = [m.register_forward_hook(record(l, c)) for l, f in enumerate(comps) for c, m in enumerate(f.values())]
-    try:
-        h = embed(model, torch.cat([a, b]))  # (2B, n, d)
-        for blk in model.blocks: h = blk(h)
+    def record_output(l, c):  # a component of several parts (a gated FC1): the norm of the concatenation
+        def hook(k, y):
+            d = _fro(y[:B] - y[B:])
+            d_out[:, l, c] = d if k == 0 else torch.hypot(d_out[:, l, c], d)
+        return hook
+    handles = [h for l, f in enumerate(comps) for c, m in enumerate(f.values())
+               for h in hook_component(m, record_input(l, c), record_output(l, c))]
+    try: family_of(model).features(model, torch.cat([a, b]))  # (2B, ...): the model's own forward pass
     finally:
         for hd in handles: hd.remove()
     if missing := [(l, list(comps[0])[c]) for l, c in (~ran).nonzero().tolist()]:
         raise TypeError(f"the model's blocks never ran (layer, component) {missing[:5]} in their forward "
-                        "pass: protocol 'in_situ' needs timm's standard block forward; use protocol='paper'")
+                        "pass: protocol 'in_situ' needs the family's standard block forward; "
+                        "use protocol='paper'")
     return d_in, d_out
 
 # %% ../nbs/01_plasticity.ipynb #c02720a7
@@ -207,9 +213,7 @@ def _pairs(source: torch.Tensor | Iterable, target: torch.Tensor | Iterable, bs:
 # %% ../nbs/01_plasticity.ipynb #142c9844
 def _check_fits(model: nn.Module, xb: torch.Tensor, role: str) -> torch.Tensor:
     "`xb`, a batch already checked by `_images`, if `model` takes images of its channels and size; else a `ValueError`."
-    pe = check_vit(model).patch_embed
-    fixed = pe.img_size is not None and getattr(pe, "strict_img_size", True)
-    want = (pe.proj.in_channels, *(pe.img_size if fixed else ()))
+    want = family_of(check_vit(model)).input_shape(model)  # (C,) or (C, H, W) when the size is fixed
     if tuple(xb.shape[1:1 + len(want)]) != tuple(want):
         raise ValueError(f"{role} are (C, H, W) = {tuple(xb.shape[1:])}, but the model takes {tuple(want)}: "
                          "resize or convert them with the model's transforms (`data.dataset_transforms`)")
@@ -313,11 +317,11 @@ def _n_images(data: torch.Tensor | Iterable) -> int | None:
     try: return len(data) if isinstance(data, torch.Tensor) else len(data.dataset)
     except (AttributeError, TypeError): return None
 
-def _n_batches(source: torch.Tensor | Iterable, n_pairs: int | None, bs: int) -> int | str:
-    "Number of batches for the progress bar, or 'noinfer' when the source's size is unknown."
+def _n_batches(source: torch.Tensor | Iterable, n_pairs: int | None, bs: int) -> int | None:
+    "Number of batches for the progress bar, or None when the source's size is unknown."
     n = _n_images(source)
     if n_pairs is not None: n = n_pairs if n is None else min(n, n_pairs)
-    return "noinfer" if n is None else math.ceil(n / bs)
+    return None if n is None else math.ceil(n / bs)
 
 def _check_pairing(source, target, n_pairs: int | None, bs: int, pairing: str) -> None:
     "Refuse, before any work, a target that pairing 'authors' would have to restart with no whole batch."
@@ -361,8 +365,14 @@ def _distances(model: nn.Module, comps: list[dict[str, nn.Module]], batches: Ite
     return torch.cat(d_in), torch.cat(d_out), torch.cat(same)
 
 # %% ../nbs/01_plasticity.ipynb #f799cdf9
+def _check_zero_pad(comps: list[dict[str, nn.Module]]) -> None:
+    "Refuse protocol 'paper' where FC2 has fewer inputs than the token width d (no room for [x, 0])."
+    d, h = out_projection(comps[0]["MHA"]).out_features, parts_of(comps[0]["FC2"])[0][0].in_features
+    if h < d: raise ValueError(f"protocol 'paper' feeds FC2 the embeddings zero-padded from d={d} to its {h} "
+                               f"inputs, but {h} < {d}: measure this model with protocol='in_situ'")
+
 def measure_plasticity(
-    model: nn.Module,  # a timm ViT (see `check_vit`), in fp32
+    model: nn.Module,  # a supported ViT (`check_vit`: timm's ViT, EVA, BEiT; HF's ViT, DINOv2, CLIP)
     source: torch.Tensor | Iterable,  # pretraining-domain images (B, C, H, W), or a loader of xb or (xb, yb)
     target: torch.Tensor | Iterable,  # downstream images, the same way; restarted by `pairing` if shorter
     protocol: str = "paper",  # "paper": embeddings into every component (the paper's); "in_situ": real inputs
@@ -374,12 +384,65 @@ def measure_plasticity(
 ) -> pd.DataFrame:  # one row per (pair, layer, component): pair, layer, component, d_in, d_out, ratio
     "Plasticity ratios ‖f(x)-f(y)‖_F / ‖x-y‖_F of LN1, MHA, LN2, FC1, FC2 in every block, for each image pair."
     dev = _check_arguments(model, source, target, protocol, n_pairs, batch_size, pairing, device)
-    comps = [block_components(model, l) for l in range(len(model.blocks))]
+    comps = [block_components(model, l) for l in range(n_blocks(model))]
+    if protocol == "paper": _check_zero_pad(comps)
     batch_fn = {"paper": _paper_batch, "in_situ": _in_situ_batch}[protocol]
     batches = _pairs(source, target, batch_size, n_pairs, pairing)
-    if progress: batches = progress_bar(batches, total=_n_batches(source, n_pairs, batch_size), leave=False)
+    batches = tqdm(batches, total=_n_batches(source, n_pairs, batch_size), leave=False, disable=not progress)
     with _measuring(model, dev): d_in, d_out, same = _distances(model, comps, batches, batch_fn, dev)
     return _tidy(d_in, d_out, list(comps[0]), same)
+
+# %% ../nbs/01_plasticity.ipynb #d044254f
+def _zero_pad(t: torch.Tensor, f: nn.Module) -> torch.Tensor:
+    "[t, 0, ..., 0]: the tokens of t zero-padded to the input width of FC2 `f`."
+    return F.pad(t, (0, parts_of(f)[0][0].in_features - t.shape[-1]))
+
+def _naive_paper(model: nn.Module, a: torch.Tensor, b: torch.Tensor) -> pd.DataFrame:
+    "Reference for protocol 'paper': every output materialised for both inputs, no shortcut."
+    rows, (x, y) = [], (embed(model, a), embed(model, b))
+    for l in range(n_blocks(model)):
+        for name, f in block_components(model, l).items():
+            u, v = (x, y) if name != "FC2" else (_zero_pad(x, f), _zero_pad(y, f))
+            fu, fv = f(u), f(v)
+            rows += [(k, l, name, (u[k] - v[k]).norm().item(), (fu[k] - fv[k]).norm().item())
+                     for k in range(len(a))]
+    return pd.DataFrame(rows, columns=["pair", "layer", "component", "d_in", "d_out"]).eval("ratio = d_out / d_in")
+
+# %% ../nbs/01_plasticity.ipynb #d349bc3d
+def _captured(model: nn.Module, images: torch.Tensor
+              ) -> dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]]:  # (layer, name): (input, output)
+    "Input and output of every component in the model's own forward pass of `images`, read by forward hooks."
+    seen, handles = {}, []
+    for l in range(n_blocks(model)):
+        for name, f in block_components(model, l).items():
+            seen[l, name] = ([], {})
+            handles += hook_component(f, seen[l, name][0].append, seen[l, name][1].__setitem__)
+    try: family_of(model).features(model, images)
+    finally:
+        for h in handles: h.remove()
+    return {key: (ins[0], torch.cat([outs[k] for k in sorted(outs)], -1))  # the parts' outputs, concatenated
+            for key, (ins, outs) in seen.items()}
+
+def _naive_in_situ(model: nn.Module, a: torch.Tensor, b: torch.Tensor) -> pd.DataFrame:
+    "Reference for protocol 'in_situ' from separate hooked forward passes of a and b."
+    ca, cb, rows = _captured(model, a), _captured(model, b), []
+    for (l, name), (ia, oa) in ca.items():
+        ib, ob = cb[(l, name)]
+        rows += [(k, l, name, (ia[k] - ib[k]).norm().item(), (oa[k] - ob[k]).norm().item())
+                 for k in range(len(a))]
+    return pd.DataFrame(rows, columns=["pair", "layer", "component", "d_in", "d_out"]).eval("ratio = d_out / d_in")
+
+# %% ../nbs/01_plasticity.ipynb #0562ed2e
+def naive_plasticity(model: nn.Module,  # a supported ViT, in fp32
+                     a: torch.Tensor,  # source images (B, C, H, W), a few
+                     b: torch.Tensor,  # target images, paired with `a` image by image
+                     protocol: str = "paper",  # "paper" or "in_situ", as in `measure_plasticity`
+                    ) -> pd.DataFrame:  # pair, layer, component, d_in, d_out, ratio
+    "The reference computation of `measure_plasticity`'s table, the direct way (eval mode, no gradients)."
+    if protocol not in PROTOCOLS: raise ValueError(f"unknown protocol {protocol!r}; valid: {', '.join(PROTOCOLS)}")
+    with _measuring(check_vit(model), check_device(None, model)):
+        return (_naive_paper if protocol == "paper" else _naive_in_situ)(model, check_images(model, a, "a"),
+                                                                          check_images(model, b, "b"))
 
 # %% ../nbs/01_plasticity.ipynb #e0bf2420
 def _as_list(by: str | Sequence[str]) -> list[str]: return [by] if isinstance(by, str) else list(by)

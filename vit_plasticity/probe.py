@@ -15,12 +15,12 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from torch import nn
 
-from .components import block_components, check_vit
+from .components import block_components, check_vit, embed, family_of, hook_component, n_blocks
 from .data import Split
 
 # %% auto #0
-__all__ = ['REPRESENTATIONS', 'TRAIN_FEATURES', 'pool_normalise', 'representation_module', 'layer_features', 'extract_features',
-           'probe_train_split', 'probe_accuracy', 'linear_probe', 'layerwise_probe']
+__all__ = ['REPRESENTATIONS', 'TRAIN_FEATURES', 'pool_normalise', 'layer_features', 'extract_features', 'probe_train_split',
+           'probe_accuracy', 'linear_probe', 'layerwise_probe']
 
 # %% ../nbs/06_probe.ipynb #7d894531
 def pool_normalise(h: torch.Tensor) -> torch.Tensor:
@@ -37,40 +37,45 @@ def _representation(name: str) -> str:
     return canon
 
 # %% ../nbs/06_probe.ipynb #0e6c896e
-def representation_module(model: nn.Module, representation: str = "residual", layer: int = -1) -> nn.Module:
-    "The module whose output is `representation` in block `layer` (negative counts from the end)."
-    rep, vit = _representation(representation), check_vit(model)
-    if rep == "emb": return vit.norm_pre  # the last step of the embedding layer (an identity in plain ViTs)
-    if rep == "residual": return vit.blocks[layer]
-    return block_components(vit, layer)[rep]
-
-# %% ../nbs/06_probe.ipynb #96d0c51f
 def _layers(model: nn.Module, layers: Iterable[int] | None) -> list[int]:
     "Block indices, negatives counted from the end; None means every block."
-    depth = len(check_vit(model).blocks)
+    depth = n_blocks(check_vit(model))
     return list(range(depth)) if layers is None else [range(depth)[i] for i in layers]
+
+# %% ../nbs/06_probe.ipynb #96d0c51f
+def _batch_features(model: nn.Module, xb: torch.Tensor, rep: str, layers: list[int]
+                    ) -> dict[int, torch.Tensor]:
+    "Pooled, normalised features {layer: (B, D)} of representation `rep` for one batch, in one forward pass."
+    fam = family_of(model)
+    if rep == "emb": return dict.fromkeys(layers, pool_normalise(embed(model, xb)))  # the same in every layer
+    if rep == "residual":
+        return {i: pool_normalise(h) for i, h in fam.residual_stream(model, xb, layers).items()}
+    outs = {i: {} for i in layers}  # part k's output of the component in block i (a gated FC1 has two)
+    handles = [h for i in layers
+               for h in hook_component(block_components(model, i)[rep], lambda x: None, outs[i].__setitem__)]
+    try: fam.features(model, xb)
+    finally:
+        for h in handles: h.remove()
+    return {i: pool_normalise(torch.cat([o[k] for k in sorted(o)], -1)) for i, o in outs.items()}
 
 # %% ../nbs/06_probe.ipynb #78ee7716
 @torch.inference_mode()
-def layer_features(model: nn.Module, # a timm ViT, frozen
+def layer_features(model: nn.Module, # a supported ViT, frozen
                    dl: Iterable, # batches of (images, labels)
                    representation: str = "residual", # see `REPRESENTATIONS`
                    layers: Iterable[int] | None = None, # blocks to read (None: all)
                   ) -> tuple[dict[int, np.ndarray], np.ndarray]:
     "Pooled, normalised features {layer: (n, D)} of `representation` in `layers`, and the labels, in one pass over `dl`."
-    layers = list(dict.fromkeys(_layers(model, layers)))  # each block once
+    rep, layers = _representation(representation), list(dict.fromkeys(_layers(model, layers)))  # once each
     was_training, device = model.training, next(model.parameters()).device
-    feats = {i: [] for i in layers}
-    hooks = [representation_module(model, representation, i).register_forward_hook(
-        lambda mod, inp, out, store=feats[i]: store.append(pool_normalise(out).cpu())) for i in layers]
-    model.eval(); ys = []
+    feats, ys = {i: [] for i in layers}, []
+    model.eval()
     try:
-        for *xs, yb in dl:  # fastai's tensor subclasses are stripped to plain tensors
-            model.forward_features(*[x.as_subclass(torch.Tensor).to(device) for x in xs])
+        for xb, *_, yb in dl:  # fastai's tensor subclasses are stripped to plain tensors
+            batch = _batch_features(model, xb.as_subclass(torch.Tensor).to(device), rep, layers)
+            for i in layers: feats[i].append(batch[i].cpu())
             ys.append(yb.as_subclass(torch.Tensor).cpu())
-    finally:
-        for h in hooks: h.remove()
-        model.train(was_training)
+    finally: model.train(was_training)
     return {i: torch.cat(f).numpy() for i, f in feats.items()}, torch.cat(ys).numpy()
 
 # %% ../nbs/06_probe.ipynb #47c66bbc
@@ -100,7 +105,7 @@ def probe_accuracy(X_train: np.ndarray, y_train: np.ndarray, X_test: np.ndarray,
     return dict(train_acc=float(clf.score(X_train, y_train)), test_acc=float(clf.score(X_test, y_test)))
 
 # %% ../nbs/06_probe.ipynb #59798397
-def linear_probe(model: nn.Module, # a frozen timm ViT (its head is not used)
+def linear_probe(model: nn.Module, # a frozen supported ViT (its head is not used)
                  train_dl: Iterable, # the split the classifier is fitted on
                  test_dl: Iterable, # the split it is scored on
                  representation: str = "residual", # see `REPRESENTATIONS`; "mha" is the paper's version 1
