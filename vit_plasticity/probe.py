@@ -4,6 +4,7 @@
 
 # %% ../nbs/06_probe.ipynb #2ad22788
 from __future__ import annotations
+import copy
 from collections.abc import Callable, Iterable
 
 import numpy as np
@@ -14,9 +15,9 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from torch import nn
+from torch.utils.data import Dataset
 
 from .components import block_components, check_vit, embed, family_of, hook_component, n_blocks
-from .data import Split
 
 # %% auto #0
 __all__ = ['REPRESENTATIONS', 'TRAIN_FEATURES', 'pool_normalise', 'layer_features', 'extract_features', 'probe_train_split',
@@ -88,14 +89,17 @@ def extract_features(model: nn.Module, dl: Iterable, representation: str = "resi
 # %% ../nbs/06_probe.ipynb #2c51f51c
 TRAIN_FEATURES = ("augmented", "clean")  # how the probe's training images are transformed (see the text)
 
-def probe_train_split(train: Split, # the training split, with its training transform
+def probe_train_split(train: Dataset, # the training split (the data notebook's `Split`), with its training transform
                       eval_tfm: Callable | None, # the evaluation transform (the test split's `tfm`)
                       train_features: str = "augmented", # "augmented" (the authors') or "clean"
-                     ) -> Split: # the split whose features the probe is fitted on
+                     ) -> Dataset: # the split whose features the probe is fitted on
     "`train` with its own training transform ('augmented'), or its images with `eval_tfm` ('clean')."
     if train_features not in TRAIN_FEATURES:
         raise ValueError(f"unknown train_features {train_features!r}; valid: {', '.join(TRAIN_FEATURES)}")
-    return train if train_features == "augmented" else Split(train.base, train.idxs, eval_tfm)
+    if train_features == "augmented": return train
+    clean = copy.copy(train)  # the same images, in the same order, seen through `eval_tfm`
+    clean.tfm = eval_tfm
+    return clean
 
 # %% ../nbs/06_probe.ipynb #0f14d078
 def probe_accuracy(X_train: np.ndarray, y_train: np.ndarray, X_test: np.ndarray, y_test: np.ndarray,
