@@ -1,4 +1,4 @@
-"""What nbs/12a_tiny_vit.ipynb cannot test in-process: the command as a console script runs it, and the same seed
+"""What nbs/20a_tiny_vit.ipynb cannot test in-process: the command as a console script runs it, and the same seed
 gives bit-identical weights in two fresh processes."""
 import hashlib
 import os

@@ -2,7 +2,7 @@
 
 `import vit_plasticity as vp` gives the names a user needs, each imported from its module on first use
 (PEP 562), so that importing the package stays light (no torch). Written by hand: nbdev only keeps
-`__version__` current (settings.ini `put_version_in_init`); nbs/22_recommend.ipynb describes and tests it."""
+`__version__` current (settings.ini `put_version_in_init`); nbs/24_recommend.ipynb describes and tests it."""
 __version__ = "0.1.0"
 
 import importlib
