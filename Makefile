@@ -8,7 +8,7 @@ NB_WORKERS ?= 2
 # thread contention than they gain from threads.
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: install constraints data sync-check nbtest pytest test demo rehearse readme clean-venv
+.PHONY: install constraints data sync-check nbtest pytest test demo study rehearse readme clean-venv
 
 install: $(VENV)/.installed
 
@@ -52,6 +52,11 @@ readme: install
 
 clean-venv:
 	rm -rf $(VENV)
+
+# The offline study that can answer the paper's question (six targets, six configurations, five LRs, three seeds;
+# about two hours on 2 cores): resumable, stopped and run again it goes on where it was; then the report.
+study: install data
+	@$(BIN)/vitp grid run study --jobs 2 --rerun-stale; status=$$?; $(BIN)/vitp report study && exit $$status
 
 # The paper's three grids rehearsed whole on this machine (stand-in models, synthetic data, small sizes), then
 # reported: everything the real grids exercise, in runs/rehearsal/, on a CPU.
