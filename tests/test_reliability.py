@@ -13,7 +13,7 @@ import yaml
 
 from vit_plasticity.analysis import write_report
 from vit_plasticity.grid import RunLock, execute_run, expand, grid_status, run_grid
-from vit_plasticity.runs import DONE, atomic_write_json, finish_run, run_status, start_run
+from vit_plasticity.runs import DONE, atomic_write_json, finish_run, read_run, run_status, start_run
 from vit_plasticity.stats import best_lr, read_runs, seed_cells
 
 VITP = str(Path(sys.executable).parent / "vitp")
@@ -148,7 +148,7 @@ def test_no_run_counts_as_done_without_its_metrics(tmp_path):
         (rd / "metrics.json").write_text(bad); assert run_status(rd) == "partial"
     finish_run(rd, {"status": "ok", "test_acc": 0.5})
     assert run_status(rd) == "done"
-    assert collect_runs(tmp_path).set_index("run_dir").loc[str(rd), "run_status"] == "done"
+    assert read_run(rd)["run_status"] == "done"
 
 # ---------------------------------------------------------------------------------------------------------------
 # Atomic writes
