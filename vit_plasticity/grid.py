@@ -280,7 +280,7 @@ _WARM_CODE = f"[__import__('importlib').import_module(m) for m in {WARM_MODULES!
 def _silent(km, code: str, timeout: float = 600) -> None:
     "Execute `code` in `km`'s kernel without output, history or names; raise if it fails."
     from jupyter_client import BlockingKernelClient
-    kc = BlockingKernelClient()
+    kc = BlockingKernelClient(parent=km)  # alive = its process runs (asked of `km`), not "beat within a second"
     kc.load_connection_info(km.get_connection_info())
     kc.start_channels()
     try:
@@ -310,7 +310,10 @@ class WarmKernels:
         asyncio.run(km.start_kernel())
         km.handover, km.handover_fd = ours, theirs.fileno()
         theirs.close()
-        _silent(km, _WARM_CODE)
+        try: _silent(km, _WARM_CODE)
+        except BaseException:
+            _shutdown(km)  # a kernel that failed to warm is stopped, never left behind
+            raise
         return km
 
     def _warm_one(self) -> None:

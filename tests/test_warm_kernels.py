@@ -1,0 +1,57 @@
+"""Warm kernels on a busy machine: a kernel that is slow to answer is not dead, and no kernel is left behind."""
+import os, signal, socket, threading, time
+
+import pytest
+
+from vit_plasticity.grid import WarmKernels, _shutdown, _silent, run_kernel_manager
+
+def _started_kernel():
+    ours, theirs = socket.socketpair()
+    km = run_kernel_manager(theirs.fileno())(kernel_name="python3")
+    import asyncio
+    asyncio.run(km.start_kernel())
+    km.handover, km.handover_fd = ours, theirs.fileno()
+    theirs.close()
+    return km
+
+def _stall(pid: int, seconds: float) -> threading.Thread:
+    "Stop the process now and let it go on after `seconds`: what a loaded machine does to a starting kernel."
+    os.kill(pid, signal.SIGSTOP)
+    t = threading.Thread(target=lambda: (time.sleep(seconds), os.kill(pid, signal.SIGCONT)))
+    t.start()
+    return t
+
+def test_a_kernel_that_misses_heartbeats_is_waited_for_not_declared_dead():
+    km = _started_kernel()
+    try:
+        t = _stall(km.provisioner.pid, 3.0)  # three heartbeats missed (a heartbeat client gives up after one)
+        _silent(km, "x = 1", timeout=120)
+        t.join()
+        assert km.provisioner.process.poll() is None
+    finally: _shutdown(km)
+
+def test_a_kernel_that_fails_to_warm_is_stopped_not_left_running(monkeypatch):
+    import vit_plasticity.grid as grid
+    monkeypatch.setattr(grid, "_WARM_CODE", "raise ValueError('cannot warm')")
+    started = []
+    real = grid.run_kernel_manager
+    def recording(fd, env=None):
+        cls = real(fd, env)
+        class Recorded(cls):
+            async def start_kernel(self, **kw):
+                out = await super().start_kernel(**kw)
+                started.append(self.provisioner.pid)
+                return out
+        return Recorded
+    monkeypatch.setattr(grid, "run_kernel_manager", recording)
+    with pytest.raises(RuntimeError, match="cannot warm"):
+        WarmKernels(1, 1)._start()
+    (pid,) = started
+    deadline = time.time() + 30
+    while _running(pid) and time.time() < deadline: time.sleep(0.1)
+    assert not _running(pid), "the kernel that failed to warm was left running"
+
+def _running(pid: int) -> bool:
+    "A live process, not a zombie."
+    try: return open(f"/proc/{pid}/stat").read().split(") ")[1][0] != "Z"
+    except (FileNotFoundError, IndexError): return False
