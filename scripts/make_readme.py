@@ -2,7 +2,8 @@
 """Render README.md from nbs/index.ipynb without Quarto (nbdev_readme needs it).
 
 Markdown cells are copied, code cells become ```python blocks followed by their text outputs; cells marked
-`#| hide` are left out and nbdev directives (`#| ...`) are stripped. Images belong in markdown cells as links to
+`#| hide` are left out, cells marked `#| echo: false` show only their outputs, and nbdev directives (`#| ...`)
+are stripped. Images belong in markdown cells as links to
 committed files. `python scripts/make_readme.py --check` exits 1 when README.md is stale.
 """
 import json, re, sys
@@ -29,15 +30,17 @@ def _code_block(cell) -> str:
     if any(re.match(r"#\|\s*hide\b", l) for l in lines): return ""
     code = "\n".join(l for l in lines if not l.startswith("#|")).strip()
     if not code: return ""
-    md, raw = [f"```python\n{code}\n```\n"], False
+    echo = not any(re.match(r"#\|\s*echo:\s*false\b", l) for l in lines)
+    md, raw = [f"```python\n{code}\n```\n"] if echo else [], False
     for out in _outputs(cell):
         if out is None: raw = True; continue
         md.append(out.rstrip() + "\n" if raw else f"```\n{out.rstrip()}\n```\n"); raw = False
     return "\n".join(md)
 
 def _markdown(cell) -> str:
-    "A markdown cell, its links to images beside the notebook (`images/...`) made relative to the repository root."
-    return re.sub(r"\]\((images/[^)]+)\)", r"](nbs/\1)", _text(cell["source"]).strip()) + "\n"
+    "A markdown cell, its links to files (`images/...`, `../runs/...`) made relative to the repository root."
+    text = re.sub(r"\]\((images/[^)]+)\)", r"](nbs/\1)", _text(cell["source"]).strip())
+    return re.sub(r"\]\(\.\./([^)]+)\)", r"](\1)", text) + "\n"
 
 def render(nb_path: Path = ROOT / "nbs" / "index.ipynb") -> str:
     nb = json.loads(nb_path.read_text(encoding="utf-8"))

@@ -1,0 +1,57 @@
+"""The README's headline numbers are the committed report's: every cell of its table, read back from the CSVs."""
+import math, re
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text(encoding="utf-8")
+COLUMNS = {"plasticity (paper)": ("plasticity_components", "paper"),
+           "plasticity (in situ)": ("plasticity_components", "in_situ"),
+           "accuracy %, LR by test": ("average_accuracy", "test"),
+           "accuracy %, LR by validation": ("average_accuracy", "valid"),
+           "gain over probe %": ("gains", "test"), "LR gap (points)": ("lr_gap", None)}
+
+def readme_table() -> tuple[str, pd.DataFrame]:
+    "The README's headline table and the report folder the README says it comes from."
+    lines = README.splitlines()
+    start = next(i for i, l in enumerate(lines) if l.startswith("| component | plasticity (paper)"))
+    rows = [l.strip("|").split("|") for l in lines[start:] if l.startswith("|")][2:]
+    header = [h.strip() for h in lines[start].strip("|").split("|")]
+    table = pd.DataFrame([[c.strip() for c in r] for r in rows], columns=header).set_index("component")
+    report = re.search(r"runs/(\w+)/report/headline\.csv", README).group(1)
+    return report, table
+
+def committed(report: str, column: str, component: str) -> float:
+    "The value of one README cell, read from the committed CSVs."
+    name, key = COLUMNS[column]
+    df = pd.read_csv(ROOT / "runs" / report / "report" / f"{name}.csv")
+    if name == "plasticity_components":
+        hit = df.query("dataset == 'all' and protocol == @key and component == @component")["median"]
+    elif name == "lr_gap": hit = df.query("train == @component")["lr_gap"]
+    elif name == "gains": hit = df.query("select == @key and train == @component")["gain_vs_probe_residual"]
+    else: hit = df.query("select == @key and train == @component")["accuracy"]
+    return float(hit.iloc[0]) if len(hit) else math.nan
+
+def test_readme_headline_table_is_the_committed_report():
+    report, table = readme_table()
+    assert (ROOT / "runs" / report / "report" / "headline.csv").is_file(), f"runs/{report}/report is not committed"
+    checked = 0
+    for comp, row in table.iterrows():
+        for column, cell in row.items():
+            want = committed(report, column, comp)
+            if cell == "": assert math.isnan(want), f"{comp}/{column}: README empty, report {want}"
+            else:
+                assert float(cell.replace("−", "-")) == pytest.approx(want, abs=0.005), f"{comp}/{column}"
+                checked += 1
+    assert checked >= 20, "the README's table is nearly empty"
+
+def test_readme_states_the_permutation_p_values_of_the_report():
+    report, _ = readme_table()
+    trend = pd.read_csv(ROOT / "runs" / report / "report" / "plasticity_trend.csv").dropna(subset=["p"])
+    stated = re.findall(r"ρ = ([+−-]?\d\.\d\d) over (\d+) dataset\(s\), permutation p = ([\d.e-]+)", README)
+    assert len(stated) == len(trend) > 0
+    for (rho, n, p), (_, r) in zip(stated, trend.iterrows()):
+        assert float(rho.replace("−", "-")) == pytest.approx(r["mean_rho"], abs=0.005)
+        assert int(n) == r["n_datasets"] and float(p) == pytest.approx(r["p"], rel=1e-3)
