@@ -11,11 +11,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import vit_plasticity
-from .files import atomic_write, move_into_place  # temporary file, flush, rename (files notebook)
+# temporary file, flush, rename (files notebook)
+from .files import atomic_write, move_into_place
 if TYPE_CHECKING: import pandas as pd  # a type only: `vitp grid status` never imports pandas
 
 # %% auto #0
-__all__ = ['NOTEBOOK_SHA_ENV', 'RUN_SETTINGS', 'DONE', 'LAUNCHED_ENV', 'ABANDON', 'runs_root', 'RunsDirError', 'check_writable',
+__all__ = ['NOTEBOOK_SHA_ENV', 'DONE', 'LAUNCHED_ENV', 'ABANDON', 'runs_root', 'RunsDirError', 'check_writable',
            'atomic_write_text', 'atomic_write_json', 'git_commit', 'library_sha', 'notebook_sha', 'code_version',
            'compute_info', 'env_info', 'experiment_params', 'start_run', 'file_sha', 'mark_done', 'finish_run',
            'run_status', 'record_failure', 'RunFolderError', 'clear_run', 'GridInterrupted', 'read_run']
@@ -114,17 +115,16 @@ def env_info(device: str = "cpu") -> dict:
                 started=datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
 # %% ../nbs/03_runs.ipynb #44d1001f
-RUN_SETTINGS = ("run_dir", "device")  # parameters that say where and how a run goes, not what it computes
-
 def experiment_params(kind: str,  # the experiment: "finetune", "linear_probe", "plasticity", "bounds"
                       namespace: dict,  # the notebook's `globals()`, after its parameter cell
+                      settings: tuple[str, ...] = ("run_dir", "device"),  # where and how: not recorded
                      ) -> dict:
-    "An experiment notebook's run record: `kind` and its parameter cell's values, `RUN_SETTINGS` aside."
+    "An experiment notebook's run record: `kind` and its parameter cell's values, `settings` aside."
     names = namespace.get("__annotations__") or {}
     if not names:
         raise ValueError("no parameters found: call experiment_params(kind, globals()) after the parameter "
                          "cell, whose lines read `name: type = value  # help`")
-    return dict(kind=kind, **{n: namespace[n] for n in names if n not in RUN_SETTINGS})
+    return dict(kind=kind, **{n: namespace[n] for n in names if n not in settings})
 
 # %% ../nbs/03_runs.ipynb #684e1925
 DONE = "DONE"  # the completion marker, written last: a manifest of the folder's files
