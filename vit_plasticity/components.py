@@ -56,6 +56,7 @@ def parts_of(f: nn.Module) -> tuple[list[nn.Module], torch.Tensor | None]:
     "The model's own modules whose outputs make up component `f`'s output, and its layer scale (or None)."
     return (list(f.parts), f.scale) if isinstance(f, Component) else ([f], None)
 
+# %% ../nbs/10_components.ipynb #01fbc717
 def out_projection(mha: nn.Module) -> nn.Linear:
     "MHA's output projection $W_O$: timm's `proj`, Hugging Face's `o_proj` (ViT, DINOv2), `out_proj` (CLIP)."
     attn = parts_of(mha)[0][0]
@@ -385,6 +386,7 @@ def component_of(param_name: str,  # a parameter name, as `model.named_parameter
     try: return (FAMILIES[0] if model is None else family_of(model)).component_of(param_name)
     except TypeError as e: raise TypeError(f"{e}; {SUPPORTED}") from None
 
+# %% ../nbs/10_components.ipynb #243368d1
 def check_vit(model: nn.Module) -> nn.Module:
     "Return `model` if this library can map its components (every parameter included), else a `TypeError`."
     fam = family_of(model)
@@ -394,12 +396,15 @@ def check_vit(model: nn.Module) -> nn.Module:
     return model
 
 # %% ../nbs/10_components.ipynb #812448bb
-def _is_index(i) -> bool: return isinstance(i, numbers.Integral) and not isinstance(i, bool)
+def _is_index(i) -> bool:
+    "Whether `i` is an integer index (a bool is not)."
+    return isinstance(i, numbers.Integral) and not isinstance(i, bool)
 
 def n_blocks(model: nn.Module) -> int:
     "The number of blocks $L$ of a supported model."
     return len(family_of(model).blocks(model))
 
+# %% ../nbs/10_components.ipynb #2467be77
 def block_components(model: nn.Module, layer: int) -> dict[str, nn.Module]:
     "The maps LN1, MHA, LN2, FC1, FC2 of block `layer` (negative: from the end) of a supported model."
     fam, depth = family_of(check_vit(model)), n_blocks(model)
@@ -413,6 +418,7 @@ def embed(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     "The output of the embedding layer (emb): patches, prefix tokens, position embedding, pre-norm. (B, N, D)"
     return family_of(check_vit(model)).embed(model, images)
 
+# %% ../nbs/10_components.ipynb #ed710dc3
 def num_classes(model: nn.Module) -> int:
     "The outputs of a supported model's classifier (0: it has none)."
     return family_of(model).num_classes(model)
