@@ -1,4 +1,4 @@
-"""Bad input gets a clear error before any work starts (issue 7), checked with hypothesis on the public functions.
+"""Bad input gets a clear error before any work starts, checked with hypothesis on the public functions.
 
 The project's errors are its own classes or the builtins they subclass, and nothing else:
 - ValueError: a bad value, name or file content. Subclasses: `grid.GridSpecError` (grid files and parameters),

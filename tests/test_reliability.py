@@ -1,4 +1,4 @@
-"""Reliability under crashes and failures (issue 7): kill -9 and restart, atomic writes, concurrent launchers,
+"""Reliability under crashes and failures: kill -9 and restart, atomic writes, concurrent launchers,
 failed and diverged runs in the report, determinism. Bad input is in test_bad_input.py.
 
 Every launcher runs with VITP_RUNS in a temporary folder and OMP_NUM_THREADS=1. The crash tests use the real

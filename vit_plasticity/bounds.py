@@ -27,7 +27,7 @@ __all__ = ['PAPER_R', 'RIGOROUS', 'layernorm_bound', 'layernorm_bound_paper', 'l
 def layernorm_bound(ln: nn.LayerNorm,  # the LayerNorm (LN1 or LN2)
                     sigma: float,  # smallest per-token std shared by the two inputs (where they differ)
                    ) -> float:
-    r"Bound $\|\gamma\|_\infty / \sqrt{\sigma^2+\epsilon}$ on `ln` for pairs sharing per-token mean and std."
+    r"The paper's LayerNorm bound $\|\gamma\|_\infty / \sqrt{\sigma^2+\epsilon}$ (equal token moments)."
     gamma = ln.weight.detach() if ln.weight is not None else torch.ones(ln.normalized_shape)
     return gamma.abs().max().item() / math.sqrt(sigma**2 + ln.eps)
 
@@ -40,7 +40,7 @@ def layernorm_bound_paper(ln: nn.LayerNorm) -> float:
 def linear_bound(lin: nn.Linear,  # the linear layer (FC1 or FC2)
                  in_features: int | None = None,  # only the first inputs vary (FC2's zero-padded probe: d)
                 ) -> float:
-    "Spectral norm of `lin.weight` (of its first `in_features` columns): a bound on the map's plasticity."
+    "The paper's linear bound: spectral norm of `lin.weight` (of its first `in_features` columns)."
     return torch.linalg.matrix_norm(lin.weight.detach()[:, :in_features], ord=2).item()
 
 # %% ../nbs/12_bounds.ipynb #a129d575
@@ -111,7 +111,8 @@ def mha_bound(attn: nn.Module,  # MHA: a timm `Attention`, Hugging Face's, or a 
               paper_compat: bool = False,  # the paper's computation: column-sliced Q, K, V, no query bias
               qk_bias: bool | None = None,  # count the query bias (c^h); None: unless paper_compat
              ) -> float:
-    r"Bound $\sum_h \|O^h\|_2\|V^h\|_2\sqrt{3n + 3r^4a_h^2 + 12nr^2(ra_h + \|c^h\|)^2}$, $a_h = \|A^h\|_2$."
+    r"""The paper's MHA bound, with the query bias $c^h$ (none: the paper's):
+    $\sum_h \|O^h\|_2\|V^h\|_2\sqrt{3n + 3r^4a_h^2 + 12nr^2(ra_h + \|c^h\|)^2}$, $a_h = \|A^h\|_2$."""
     qk_bias = not paper_compat if qk_bias is None else qk_bias
     if paper_compat and qk_bias:
         raise ValueError("qk_bias=True needs the forward pass's heads (paper_compat=False): the query bias "
@@ -231,7 +232,7 @@ def bounds_table(model: nn.Module,  # a supported timm ViT
 def plot_bounds(bounds_df: pd.DataFrame,  # output of `plasticity_bounds`
                 title: str = "Upper bounds on plasticity",  # axes title
                ) -> Figure:
-    "Bound against layer depth (%), log scale, one curve per component in the paper's colours and rank order."
+    "The paper's bounds figure: bound against layer depth (%), log scale, its colours and rank order."
     fig, ax = plt.subplots(figsize=(5.5, 3.6), layout="constrained")
     depth = bounds_df["layer"].max() + 1
     for comp in sorted(bounds_df["component"].unique(), key=THEORETICAL_RANK.get):
