@@ -4,11 +4,13 @@
 
 # %% ../nbs/21a_slurm.ipynb #032a616d
 from __future__ import annotations
+import contextlib
 import json
 import signal
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from unittest import mock
 
 from tqdm.auto import tqdm
 
@@ -77,7 +79,7 @@ def slurm_settings(block: Mapping | None, # a grid's `slurm:` block (None: none)
     common = {k: v for k, v in block.items() if k != "kinds"}
     return {**SLURM_DEFAULTS, **common, **block.get("kinds", {}).get(kind, {}), **cli}
 
-# %% ../nbs/21a_slurm.ipynb #209e9e7c
+# %% ../nbs/21a_slurm.ipynb #2bd6da11
 def _sbatch_options(lines: Sequence[str]) -> dict:
     "`['--exclude=n7', '--requeue']` as submitit's additional parameters `{'exclude': 'n7', 'requeue': True}`."
     out = {}
@@ -88,28 +90,38 @@ def _sbatch_options(lines: Sequence[str]) -> dict:
         out[name] = value if eq else True
     return out
 
+# %% ../nbs/21a_slurm.ipynb #054cc788
 def submitit_parameters(settings: Mapping, name: str = "vitp") -> dict:
     "submitit `AutoExecutor.update_parameters` arguments for SLURM `settings`; `name` is the job name."
     params = {"name": name}
     for key, value in settings.items():
         param = SLURM_OPTIONS[key][0]
-        if key == "gpus_per_task" and value == 0: continue  # no GPU: no --gpus-per-task line
+        if key == "gpus_per_task" and value == 0:
+            continue  # no GPU: no --gpus-per-task line
         params[param] = _sbatch_options(value) if key == "sbatch" else value
     return params
 
-# %% ../nbs/21a_slurm.ipynb #6c837bb2
-def make_executor(folder: str | Path, settings: Mapping, name: str = "vitp", cluster: str | None = "slurm"):
-    "A submitit executor for SLURM `settings` writing its logs under `folder` (cluster 'local' for tests)."
-    try: import submitit
+# %% ../nbs/21a_slurm.ipynb #38131d0e
+def make_executor(folder: str | Path, settings: Mapping, name: str = "vitp",
+                  cluster: str | None = "slurm",  # "local": submitit's local executor, for tests
+                  preview: bool = False,  # only to write its sbatch file: no `srun` needed on this machine
+                 ):
+    "A submitit executor for SLURM `settings` writing its logs under `folder`."
+    try:
+        import submitit
     except ModuleNotFoundError as e:
         raise SlurmConfigError("the SLURM executor needs submitit: pip install 'vit-plasticity[slurm]'") from e
-    ex = submitit.AutoExecutor(folder=Path(folder) / "%j", cluster=cluster, slurm_max_num_timeout=0)
+    no_srun = mock.patch.object(submitit.SlurmExecutor, "affinity", classmethod(lambda cls: 1))
+    with no_srun if preview else contextlib.nullcontext():  # submitit refuses to start where `srun` is absent
+        ex = submitit.AutoExecutor(folder=Path(folder) / "%j", cluster=cluster, slurm_max_num_timeout=0)
     ex.update_parameters(**submitit_parameters(settings, name))
     return ex
 
-def sbatch_text(settings: Mapping, n_tasks: int, folder: str | Path = "runs/.submitit", name: str = "vitp") -> str:
-    "The sbatch file that a job array of `n_tasks` runs with `settings` is submitted with (nothing is submitted)."
-    slurm = make_executor(folder, settings, name)._executor
+# %% ../nbs/21a_slurm.ipynb #11427665
+def sbatch_text(settings: Mapping, n_tasks: int, folder: str | Path = "runs/.submitit",
+                name: str = "vitp") -> str:
+    "The sbatch file of a job array of `n_tasks` runs with `settings`: nothing submitted, no SLURM needed."
+    slurm = make_executor(folder, settings, name, preview=True)._executor
     slurm.parameters["map_count"] = n_tasks
     return slurm._make_submission_file_text(slurm._submitit_command_str, "preview")
 
