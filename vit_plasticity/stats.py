@@ -179,7 +179,7 @@ def model_opts(best: pd.DataFrame) -> list[tuple[str, str]]:
 
 # %% ../nbs/16_stats.ipynb #58e06daa
 def paper_error_bars(std: pd.DataFrame, n_seeds: int = 3) -> pd.Series:
-    "The paper's error bars of the dataset-average accuracy: sqrt(mean over datasets of std²) / sqrt(n_seeds)"
+    "The paper's error bars of the dataset-average accuracy: √(mean over datasets of std²) / √n_seeds."
     return np.sqrt((std.astype(float) ** 2).mean()) / math.sqrt(n_seeds)
 
 def pooled_se(std: pd.DataFrame, n_seeds: int) -> pd.Series:
@@ -257,7 +257,7 @@ def lr_gap(cells: pd.DataFrame) -> pd.DataFrame:
 
 # %% ../nbs/16_stats.ipynb #2dd611e2
 def ablation_table(runs: pd.DataFrame) -> pd.DataFrame:
-    "Per cell, the first planned seed's test accuracy, mean ± std (ddof 0) over the LRs: the ablation tables."
+    "The paper's ablation tables: per cell, the first seed's test accuracy, mean ± std (ddof 0) over the LRs."
     ft = runs[runs["kind"] == "finetune"]
     ft = ft[ft["seed"] == ft.groupby(CELL, dropna=False)["seed"].transform("min")]
     g = ft.assign(acc=ft["test_acc"].where(ft["counted"])).groupby(CELL, dropna=False)
@@ -279,7 +279,7 @@ def paired_tests(acc: pd.DataFrame, ref: str = "MHA",
 
 # %% ../nbs/16_stats.ipynb #a1c64a39
 def paper_main_table(column: str = "test_acc_mean") -> pd.DataFrame:
-    "The paper's main table (ViT-B/16 in21k, best-LR test accuracy in %, or its std): dataset × configuration"
+    "The paper's main table (ViT-B/16 in21k, best-LR test accuracy %, or its std): dataset × configuration."
     t = pd.read_csv(Path(vit_plasticity.__file__).parent / "assets" / "paper_main_table.csv")
     return t.pivot(index="dataset", columns="config", values=column)
 
