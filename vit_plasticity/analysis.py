@@ -185,7 +185,7 @@ def plot_plasticity(layers: pd.DataFrame, title: str) -> Figure:
 
 # %% ../nbs/23_analysis.ipynb #71d71922
 def plot_plasticity_depth(layers: pd.DataFrame, title: str) -> Figure:
-    "The paper's per-dataset figure: per-layer plasticity against depth (%), 95% CI band; one model, protocol."
+    "The paper's per-dataset figure: plasticity against depth (%), 95% CI band (a model, protocol)"
     datasets = sorted(layers["dataset"].unique())
     fig, axs = facet_axes(len(datasets), sharey=True)
     for ax, d in zip(axs, datasets):
@@ -360,7 +360,8 @@ def _bounds_section(res: Results) -> list:
         out += [f"**{m}, {v} computation**: "
                 + ranking_verdict(g.groupby("component")["bound"].median(), "bound")
                 for (m, v), g in res.bounds.groupby(["model", "variant"])]
-        out.append(FigureItem("bounds.png", lambda: plot_bounds(res.bounds, f"{label}: theoretical bounds (paper: bounds figure)")))
+        title = f"{label}: theoretical bounds (paper: bounds figure)"
+        out.append(FigureItem("bounds.png", lambda: plot_bounds(res.bounds, title)))
     if len(res.bounds_check):
         c = res.bounds_check
         out += [_check_sentence(k, g) for k, g in c.groupby(["model", "protocol", "variant", "bounds_of"])]
@@ -400,10 +401,12 @@ def _finetune_section(res: Results) -> list:
             "`n_datasets_gap` datasets).",
             md_table(av.set_index(["model", "opt", "train"]))]
     out.append(FigureItem("average_accuracy.png", lambda: plot_bars(
-        av, "accuracy", "average best accuracy (%)", f"{label}: average best-LR accuracy (paper: average-accuracy figure)",
+        av, "accuracy", "average best accuracy (%)",
+        f"{label}: average best-LR accuracy (paper: average-accuracy figure)",
         "paper_error_bars")))
     out += [FigureItem(_file("gain", rep), lambda c=f"gain_vs_probe_{rep}", rep=rep: plot_bars(
-        av, c, f"gain over the {rep} probe (%)", f"{label}: relative gain over the {rep} probe (paper: headline figure, b)"))
+        av, c, f"gain over the {rep} probe (%)",
+        f"{label}: relative gain over the {rep} probe (paper: headline figure, b)"))
             for rep in PROBES if av[f"gain_vs_probe_{rep}"].notna().any()]
     return out
 
