@@ -172,7 +172,7 @@ def _boxes(ax, values: Mapping[str, np.ndarray], comps: Sequence[str]) -> None:
                                               for c in comps])
 
 def plot_plasticity(layers: pd.DataFrame, title: str) -> Figure:
-    "Per model, a boxplot of each component's per-layer plasticity (datasets pooled), x = theoretical rank."
+    "The paper's headline figure (a), per model: boxplots of per-layer plasticity, x = theoretical rank."
     models = sorted(layers["model"].unique())
     fig, axs = facet_axes(len(models), ncols=3)
     for ax, m in zip(axs, models):
@@ -185,7 +185,7 @@ def plot_plasticity(layers: pd.DataFrame, title: str) -> Figure:
 
 # %% ../nbs/23_analysis.ipynb #71d71922
 def plot_plasticity_depth(layers: pd.DataFrame, title: str) -> Figure:
-    "One model and protocol: per dataset, the per-layer plasticity against depth (%) with its 95% CI band."
+    "The paper's per-dataset figure: plasticity against depth (%), 95% CI band (a model, protocol)"
     datasets = sorted(layers["dataset"].unique())
     fig, axs = facet_axes(len(datasets), sharey=True)
     for ax, d in zip(axs, datasets):
@@ -202,7 +202,7 @@ def plot_plasticity_depth(layers: pd.DataFrame, title: str) -> Figure:
 
 # %% ../nbs/23_analysis.ipynb #d0ff957a
 def plot_bounds(bounds: pd.DataFrame, title: str) -> Figure:
-    "Per model and variant, each component's bound against layer depth 100·l/(L−1) (%), log scale."
+    "The paper's bounds figure, per model and variant: each component's bound against depth 100·l/(L−1) (%)."
     keys = sorted(bounds.groupby(["model", "variant"]).groups)
     fig, axs = facet_axes(len(keys), ncols=2, panel=(4.4, 3.2))
     for ax, (m, v) in zip(axs, keys):
@@ -218,7 +218,7 @@ def plot_bounds(bounds: pd.DataFrame, title: str) -> Figure:
 # %% ../nbs/23_analysis.ipynb #1e34b302
 def plot_bars(table: pd.DataFrame,  # columns model, opt, train, and `value` (and `err`)
               value: str, ylabel: str, title: str, err: str | None = None) -> Figure:
-    "Per model and optimiser, bars per configuration in the paper's order and colours; optional error bars."
+    "Bars per configuration, per model and optimiser: the average-accuracy figure, the headline figure (b)."
     keys = sorted(table.groupby(["model", "opt"]).groups, key=str)
     fig, axs = facet_axes(len(keys), ncols=3)
     for ax, (m, o) in zip(axs, keys):
@@ -235,7 +235,7 @@ def plot_bars(table: pd.DataFrame,  # columns model, opt, train, and `value` (an
 
 # %% ../nbs/23_analysis.ipynb #24192bd6
 def plot_robustness(runs: pd.DataFrame, title: str) -> Figure:
-    "One model and optimiser: per dataset, test accuracy over every LR × seed per configuration; dashed: full"
+    "The paper's robustness figure: per dataset, test accuracy over every LR × seed; dashed: full finetuning."
     runs = runs[runs["counted"]]
     datasets = sorted(runs["dataset"].unique())
     fig, axs = facet_axes(len(datasets))
@@ -251,7 +251,7 @@ def plot_robustness(runs: pd.DataFrame, title: str) -> Figure:
 
 # %% ../nbs/23_analysis.ipynb #7725c13d
 def plot_training_dynamics(dyn: pd.DataFrame, title: str) -> Figure:
-    "One dataset and seed: pre-clipping gradient norm (top) and validation loss (bottom), a column per LR."
+    "The paper's training dynamics: pre-clip gradient norm (top), validation loss (bottom), a column per LR."
     lrs = sorted(dyn["lr"].unique())
     fig, axs = plt.subplots(2, len(lrs), figsize=(3.2 * len(lrs), 5), squeeze=False, sharex=True)
     for j, lr in enumerate(lrs):
@@ -337,10 +337,11 @@ def _plasticity_section(res: Results) -> list:
     for p, g in res.layers.groupby("protocol"):
         out += [f"**{m}, {p} protocol**: " + ranking_verdict(s.groupby("component")["mean"].median())
                 for m, s in g.groupby("model")]
-        out.append(FigureItem(_file("plasticity", p), lambda g=g, p=p: plot_plasticity(
-            g, f"{label}: per-layer plasticity, {p} protocol, datasets pooled")))
+        pooled = f"{label}: per-layer plasticity, {p} protocol, datasets pooled (paper: headline figure, a)"
+        out.append(FigureItem(_file("plasticity", p), lambda g=g, t=pooled: plot_plasticity(g, t)))
         out += [FigureItem(_file("plasticity_depth", m, p), lambda s=s, m=m, p=p: plot_plasticity_depth(
-            s, f"{label}: {m}, plasticity against depth, {p} protocol")) for m, s in g.groupby("model")]
+            s, f"{label}: {m}, plasticity against depth, {p} protocol (paper: per-dataset figure)"))
+                for m, s in g.groupby("model")]
     return out
 
 # %% ../nbs/23_analysis.ipynb #3a6696ba
@@ -359,7 +360,8 @@ def _bounds_section(res: Results) -> list:
         out += [f"**{m}, {v} computation**: "
                 + ranking_verdict(g.groupby("component")["bound"].median(), "bound")
                 for (m, v), g in res.bounds.groupby(["model", "variant"])]
-        out.append(FigureItem("bounds.png", lambda: plot_bounds(res.bounds, f"{label}: theoretical bounds")))
+        title = f"{label}: theoretical bounds (paper: bounds figure)"
+        out.append(FigureItem("bounds.png", lambda: plot_bounds(res.bounds, title)))
     if len(res.bounds_check):
         c = res.bounds_check
         out += [_check_sentence(k, g) for k, g in c.groupby(["model", "protocol", "variant", "bounds_of"])]
@@ -399,10 +401,12 @@ def _finetune_section(res: Results) -> list:
             "`n_datasets_gap` datasets).",
             md_table(av.set_index(["model", "opt", "train"]))]
     out.append(FigureItem("average_accuracy.png", lambda: plot_bars(
-        av, "accuracy", "average best accuracy (%)", f"{label}: average best-LR accuracy",
+        av, "accuracy", "average best accuracy (%)",
+        f"{label}: average best-LR accuracy (paper: average-accuracy figure)",
         "paper_error_bars")))
     out += [FigureItem(_file("gain", rep), lambda c=f"gain_vs_probe_{rep}", rep=rep: plot_bars(
-        av, c, f"gain over the {rep} probe (%)", f"{label}: relative gain over the {rep} probe"))
+        av, c, f"gain over the {rep} probe (%)",
+        f"{label}: relative gain over the {rep} probe (paper: headline figure, b)"))
             for rep in PROBES if av[f"gain_vs_probe_{rep}"].notna().any()]
     return out
 
@@ -447,10 +451,11 @@ def _curves_section(res: Results) -> list:
     label, out = res.meta.get("label", ""), ["## Robustness and training dynamics"]
     for (m, o), g in ft.groupby(["model", "opt"]):
         out.append(FigureItem(_file("robustness", m, o), lambda g=g, m=m, o=o: plot_robustness(
-            g, f"{label}: {m} ({o}), test accuracy over every LR × seed (dashed: full finetuning's mean)")))
+            g, f"{label}: {m} ({o}), test accuracy over every LR × seed (dashed: full finetuning's mean; "
+            "paper: robustness figure)")))
     dyn = res.dynamics
     for (m, o, d, s), g in (dyn.groupby(["model", "opt", "dataset", "seed"]) if len(dyn) else []):
-        title = f"{label}: {m} ({o}), {d}, seed {s:.0f}"
+        title = f"{label}: {m} ({o}), {d}, seed {s:.0f} (paper: training-dynamics figure)"
         out.append(FigureItem(_file("dynamics", m, o, d), lambda g=g, t=title:
                               plot_training_dynamics(g, t)))
     return out

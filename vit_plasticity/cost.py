@@ -15,7 +15,7 @@ __all__ = ['SPLIT_SIZES', 'GPUS', 'forward_flops', 'step_flops', 'run_flops', 'p
 # %% ../nbs/22a_cost.ipynb #300324c9
 @functools.lru_cache(maxsize=None)  # one meta-device model per name
 def forward_flops(model: str) -> dict:
-    "FLOPs of one forward pass of `model` (a preset or timm name) on one image, by kind of product; meta device."
+    "FLOPs of one forward pass of `model` (preset or timm name) on one image, per kind of product"
     import torch
     from torch import nn
     from vit_plasticity.models import check_model_name
@@ -64,12 +64,15 @@ def run_flops(kind: str, params: dict) -> float:
         return steps * bs * step_flops(model.removeprefix("rehearse:"), params.get("train", "full")) + \
             (evals * n_valid + n_test) * fwd
     if kind == "plasticity":
-        return params.get("n_pairs", 12_800) * 2 * fwd * len(str(params.get("protocols", "paper,in_situ")).split(","))
-    if kind == "linear_probe": return (n_train + n_test) * fwd
+        protocols = str(params.get("protocols", "paper,in_situ")).split(",")
+        return params.get("n_pairs", 12_800) * 2 * fwd * len(protocols)
+    if kind == "linear_probe":
+        return (n_train + n_test) * fwd
     return 0.0  # bounds: matrix norms
 
 # %% ../nbs/22a_cost.ipynb #db240389
-GPUS = {"H100": dict(fp32=67e12, tf32=495e12, bf16=989e12), "A100": dict(fp32=19.5e12, tf32=156e12, bf16=312e12)}
+GPUS = {"H100": dict(fp32=67e12, tf32=495e12, bf16=989e12),  # dense peaks, FLOP/s
+        "A100": dict(fp32=19.5e12, tf32=156e12, bf16=312e12)}
 
 def plan_cost(runs: Iterable, gpu: str = "H100", mfu: float = 0.4) -> pd.DataFrame:
     "Per experiment kind: runs, PFLOPs and GPU-hours in fp32, TF32 and bf16 at `mfu` of `gpu`'s dense peak."
@@ -80,5 +83,6 @@ def plan_cost(runs: Iterable, gpu: str = "H100", mfu: float = 0.4) -> pd.DataFra
         row["pflops"] += run_flops(r.kind, r.params) / 1e15
     df = pd.DataFrame.from_dict(rows, orient="index").rename_axis("kind")
     df.loc["total"] = df.sum()
-    for prec, peak in GPUS[gpu].items(): df[f"{gpu}_hours_{prec}"] = df["pflops"] * 1e15 / (peak * mfu) / 3600
+    for prec, peak in GPUS[gpu].items():
+        df[f"{gpu}_hours_{prec}"] = df["pflops"] * 1e15 / (peak * mfu) / 3600
     return df.astype({"runs": int})

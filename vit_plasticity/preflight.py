@@ -50,7 +50,7 @@ def device_problem(device: str) -> str | None:
 
 # %% ../nbs/21_preflight.ipynb #2e6fa14f
 def download_url(name: str) -> str | None:
-    "The official download of dataset `name` (its host is what `dataset_problem` tries), or None if it has none."
+    "The official download of dataset `name` (the host `dataset_problem` tries), or None if it has none."
     from torchvision.datasets import CIFAR10, CIFAR100, FashionMNIST, Flowers102, OxfordIIITPet
     from vit_plasticity.data import CIFAR10C_URL, DOMAINNET_URLS
     if name.startswith("cifar10c-"): return CIFAR10C_URL
@@ -65,21 +65,26 @@ def dataset_problem(name: str, # a dataset of `vit_plasticity.data.DATASETS`
                     root: str | None = None, # where its files are ("" or None: the default place)
                     download: bool = True, # download it now if absent and its host answers
                    ) -> str | None:
-    "None if dataset `name` can be read (after downloading it once if need be), else what is missing and how to fix it."
+    "None if dataset `name` can be read (downloaded once if need be), else what is missing and the fix."
     from vit_plasticity.data import DataFormatError, DataNotFoundError, raw_parts  # torch: only when checking
     from vit_plasticity.models import reachable
     try:
         raw_parts(name, root or None, download=False)
         return None
-    except DataFormatError as e: return f"dataset {name}: {e}"
-    except DataNotFoundError as e: missing = str(e)
+    except DataFormatError as e:
+        return f"dataset {name}: {e}"
+    except DataNotFoundError as e:
+        missing = str(e)
     url = download_url(name)
     if download and url and reachable(url):
-        try: raw_parts(name, root or None, download=True)
-        except (DataNotFoundError, DataFormatError) as e: return f"dataset {name}: the download failed: {e}"
+        try:
+            raw_parts(name, root or None, download=True)
+        except (DataNotFoundError, DataFormatError) as e:
+            return f"dataset {name}: the download failed: {e}"
         return None
     how = f"; {url} is unreachable (offline?)" if url and download else ""
-    return f"dataset {name}: {missing}{how}; or set data_root (source_root for a plasticity source) in the grid"
+    grid = "or set data_root (source_root for a plasticity source) in the grid"
+    return f"dataset {name}: {missing}{how}; {grid}"
 
 # %% ../nbs/21_preflight.ipynb #cc13c961
 _DATA_KEYS = {"dataset": "data_root", "source": "source_root"}  # a dataset parameter and its root parameter
@@ -97,8 +102,10 @@ def plan_needs(runs: Iterable) -> tuple[list[str], list[tuple[str, str]]]:
 def _model_problem(name: str, download: bool) -> str | None:
     "None if the weights of model `name` are at hand (fetched now if need be), else the reason and the fix."
     from vit_plasticity.models import WeightsUnavailableError, check_weights, fetch_weights
-    try: (fetch_weights if download else check_weights)(name)
-    except (WeightsUnavailableError, ValueError, OSError) as e: return f"model {name}: {e}"
+    try:
+        (fetch_weights if download else check_weights)(name)
+    except (WeightsUnavailableError, ValueError, OSError) as e:
+        return f"model {name}: {e}"
     return None
 
 def preflight(runs: Iterable, # the plan: objects with `.kind` and `.params` (the grid's `Run`s)
@@ -106,13 +113,14 @@ def preflight(runs: Iterable, # the plan: objects with `.kind` and `.params` (th
               download: bool = True, # fetch absent datasets and weights now, once, when their host answers
               progress: bool = True, # show a progress bar over the checks
              ) -> dict[str, int]: # how many devices, models and datasets were checked
-    "Check each distinct device, model and dataset of a plan once; `PreflightError` listing every problem if any."
+    "Check each distinct device, model and dataset of a plan once; a `PreflightError` lists every problem."
     models, data = plan_needs(runs)
     checks = ([lambda d=d: device_problem(d) for d in dict.fromkeys(devices)]
               + [lambda m=m: _model_problem(m, download) for m in models]
               + [lambda n=n, r=r: dataset_problem(n, r, download) for n, r in data])
-    problems = [p for check in tqdm(checks, desc="pre-flight", disable=not progress, leave=False) if (p := check())]
+    bar = tqdm(checks, desc="pre-flight", disable=not progress, leave=False)
+    problems = [p for check in bar if (p := check())]
     if problems:
-        raise PreflightError(f"this plan cannot run; {len(problems)} problem(s), found before its first run:\n"
-                             + "\n".join(f"  - {p}" for p in problems))
+        head = f"this plan cannot run; {len(problems)} problem(s), found before its first run:\n"
+        raise PreflightError(head + "\n".join(f"  - {p}" for p in problems))
     return dict(devices=len(set(devices)), models=len(models), datasets=len(data))

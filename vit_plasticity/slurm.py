@@ -4,11 +4,13 @@
 
 # %% ../nbs/21a_slurm.ipynb #032a616d
 from __future__ import annotations
+import contextlib
 import json
 import signal
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from unittest import mock
 
 from tqdm.auto import tqdm
 
@@ -41,7 +43,7 @@ class SlurmConfigError(ValueError):
 
 # %% ../nbs/21a_slurm.ipynb #da08c898
 def _check_value(name: str, value, where: str):
-    "`value` of setting `name` if it has the setting's type (ints accepted for floats), else `SlurmConfigError`."
+    "`value` of setting `name` if it has the setting's type (an int is a float), else `SlurmConfigError`."
     if name not in SLURM_OPTIONS:
         raise SlurmConfigError(f"{where}: unknown SLURM setting {name!r}; known: {', '.join(SLURM_OPTIONS)}")
     kind = SLURM_OPTIONS[name][1]
@@ -56,7 +58,8 @@ def _check_value(name: str, value, where: str):
 # %% ../nbs/21a_slurm.ipynb #58de9e15
 def check_slurm_block(block, where: str = "slurm") -> dict:
     "Check a grid's `slurm:` block (settings, and per-kind settings under `kinds:`); returns it unchanged."
-    if not isinstance(block, Mapping): raise SlurmConfigError(f"{where}: the slurm block is a mapping of settings")
+    if not isinstance(block, Mapping):
+        raise SlurmConfigError(f"{where}: the slurm block is a mapping of settings")
     for name, value in block.items():
         if name != "kinds": _check_value(name, value, where)
     kinds = block.get("kinds", {})
@@ -77,9 +80,9 @@ def slurm_settings(block: Mapping | None, # a grid's `slurm:` block (None: none)
     common = {k: v for k, v in block.items() if k != "kinds"}
     return {**SLURM_DEFAULTS, **common, **block.get("kinds", {}).get(kind, {}), **cli}
 
-# %% ../nbs/21a_slurm.ipynb #209e9e7c
+# %% ../nbs/21a_slurm.ipynb #2bd6da11
 def _sbatch_options(lines: Sequence[str]) -> dict:
-    "`['--exclude=n7', '--requeue']` as submitit's additional parameters `{'exclude': 'n7', 'requeue': True}`."
+    "`['--exclude=n7', '--requeue']` as submitit's additional parameters (a dict)."
     out = {}
     for line in lines:
         if not line.startswith("--"):
@@ -88,45 +91,59 @@ def _sbatch_options(lines: Sequence[str]) -> dict:
         out[name] = value if eq else True
     return out
 
+# %% ../nbs/21a_slurm.ipynb #054cc788
 def submitit_parameters(settings: Mapping, name: str = "vitp") -> dict:
     "submitit `AutoExecutor.update_parameters` arguments for SLURM `settings`; `name` is the job name."
     params = {"name": name}
     for key, value in settings.items():
         param = SLURM_OPTIONS[key][0]
-        if key == "gpus_per_task" and value == 0: continue  # no GPU: no --gpus-per-task line
+        if key == "gpus_per_task" and value == 0:
+            continue  # no GPU: no --gpus-per-task line
         params[param] = _sbatch_options(value) if key == "sbatch" else value
     return params
 
-# %% ../nbs/21a_slurm.ipynb #6c837bb2
-def make_executor(folder: str | Path, settings: Mapping, name: str = "vitp", cluster: str | None = "slurm"):
-    "A submitit executor for SLURM `settings` writing its logs under `folder` (cluster 'local' for tests)."
-    try: import submitit
+# %% ../nbs/21a_slurm.ipynb #38131d0e
+def make_executor(folder: str | Path, settings: Mapping, name: str = "vitp",
+                  cluster: str | None = "slurm",  # "local": submitit's local executor, for tests
+                  preview: bool = False,  # only to write its sbatch file: no `srun` needed on this machine
+                 ):
+    "A submitit executor for SLURM `settings` writing its logs under `folder`."
+    try:
+        import submitit
     except ModuleNotFoundError as e:
-        raise SlurmConfigError("the SLURM executor needs submitit: pip install 'vit-plasticity[slurm]'") from e
-    ex = submitit.AutoExecutor(folder=Path(folder) / "%j", cluster=cluster, slurm_max_num_timeout=0)
+        why = "the SLURM executor needs submitit: pip install 'vit-plasticity[slurm]'"
+        raise SlurmConfigError(why) from e
+    no_srun = mock.patch.object(submitit.SlurmExecutor, "affinity", classmethod(lambda cls: 1))
+    with no_srun if preview else contextlib.nullcontext():  # submitit refuses to start where `srun` is absent
+        ex = submitit.AutoExecutor(folder=Path(folder) / "%j", cluster=cluster, slurm_max_num_timeout=0)
     ex.update_parameters(**submitit_parameters(settings, name))
     return ex
 
-def sbatch_text(settings: Mapping, n_tasks: int, folder: str | Path = "runs/.submitit", name: str = "vitp") -> str:
-    "The sbatch file that a job array of `n_tasks` runs with `settings` is submitted with (nothing is submitted)."
-    slurm = make_executor(folder, settings, name)._executor
+# %% ../nbs/21a_slurm.ipynb #11427665
+def sbatch_text(settings: Mapping, n_tasks: int, folder: str | Path = "runs/.submitit",
+                name: str = "vitp") -> str:
+    "The sbatch file of a job array of `n_tasks` runs with `settings`: nothing submitted, no SLURM needed."
+    slurm = make_executor(folder, settings, name, preview=True)._executor
     slurm.parameters["map_count"] = n_tasks
     return slurm._make_submission_file_text(slurm._submitit_command_str, "preview")
 
 # %% ../nbs/21a_slurm.ipynb #2f905ca8
 def _abandon_on_sigterm(signum, frame) -> None:
-    "SLURM ends a task (scancel, time limit, preemption) with SIGTERM to all its processes, the kernel included."
+    "SLURM ends a task (scancel, time limit, preemption) with SIGTERM to all its processes, kernel included."
     ABANDON.set()  # the run is left partial; the launcher records SLURM's reason
 
 class GridTask:
-    "A SLURM task executing one run with `execute` (the grid's `execute_run`), its device resolved in the task."
-    def __init__(self, execute: Callable[..., str]): self.execute = execute
+    "A SLURM task executing one run with `execute` (the grid's `execute_run`), its device resolved there."
+    def __init__(self, execute: Callable[..., str]):
+        self.execute = execute
+
     def __call__(self, run, root, device: str = "auto", notebooks=None, retry_failed: bool = False,
                  rerun_stale: bool = False) -> str:
         signal.signal(signal.SIGTERM, _abandon_on_sigterm)
         return self.execute(run, root, resolve_devices(device)[0], notebooks, retry_failed, rerun_stale)
+
     def checkpoint(self, *args, **kwargs):
-        "On preemption, submitit requeues the task with the same arguments (the run starts again from scratch)."
+        "On preemption, submitit requeues the task with the same arguments (the run starts from scratch)."
         from submitit.helpers import DelayedSubmission
         return DelayedSubmission(self, *args, **kwargs)
 
@@ -144,14 +161,17 @@ _MEMORY_KILL = ("exceeded memory limit", "exceeded job memory limit", "oom-kill"
 def slurm_reason(state: str, # the job's SLURM state, e.g. "TIMEOUT" or "CANCELLED by 0"
                  error: BaseException | None = None, # what `job.result()` raised, if anything
                  job_id: str = "", # the job id, to find its log
-                 log: str = "", # the task's stderr: without cgroups, a memory kill ends FAILED and says so there
+                 log: str = "", # the task's stderr: without cgroups, a memory kill ends FAILED, said there
                 ) -> str:
     "The failure recorded for a run whose task SLURM ended without a result: state, what to do, the job."
     key = (state or "UNKNOWN").split()[0]
-    if key not in _SLURM_FIXES and error is not None and "timed-out" in str(error): key = "TIMEOUT"
-    if key not in _SLURM_FIXES and any(m in (log or "").lower() for m in _MEMORY_KILL): key = "OUT_OF_MEMORY"
-    fix = _SLURM_FIXES.get(key, f"the task ended without a result ({type(error).__name__ if error else 'no error'}: "
-                                f"{str(error).strip().splitlines()[-1] if error and str(error).strip() else ''})")
+    if key not in _SLURM_FIXES and error is not None and "timed-out" in str(error):
+        key = "TIMEOUT"
+    if key not in _SLURM_FIXES and any(m in (log or "").lower() for m in _MEMORY_KILL):
+        key = "OUT_OF_MEMORY"
+    what = type(error).__name__ if error else "no error"
+    last = str(error).strip().splitlines()[-1] if error and str(error).strip() else ""
+    fix = _SLURM_FIXES.get(key, f"the task ended without a result ({what}: {last})")
     return f"SLURM {key} (job {job_id}): {fix}"
 
 # %% ../nbs/21a_slurm.ipynb #18ce6fe0
@@ -160,15 +180,15 @@ def _submit(runs: list, root: Path, settings: Mapping, execute: Callable, notebo
     "Submit `runs` (one kind) as one job array; their submitit jobs, in order."
     ex = make_executor(root / ".submitit", settings, name, cluster)
     n = len(runs)
-    return ex.map_array(GridTask(execute), runs, [root] * n, [device] * n, [notebooks] * n, [retry_failed] * n,
-                        [rerun_stale] * n)
+    return ex.map_array(GridTask(execute), runs, [root] * n, [device] * n, [notebooks] * n,
+                        [retry_failed] * n, [rerun_stale] * n)
 
 def _n_done(jobs: list) -> int:
-    "How many of `jobs` have ended: one forced query of SLURM's accounting (it covers every job), then its answers."
+    "How many of `jobs` have ended: one forced query of SLURM's accounting (covering all), then its answers."
     return sum(j.done(force_check=i == 0) for i, j in enumerate(jobs))
 
 def _wait(jobs: list, poll_s: float, progress: bool) -> None:
-    "Return when every job has ended (polling SLURM's accounting every `poll_s` seconds), with a progress bar."
+    "Return when every job has ended (SLURM's accounting polled every `poll_s` seconds); a progress bar."
     with tqdm(total=len(jobs), desc="SLURM tasks", disable=not progress) as bar:
         while (n_done := _n_done(jobs)) < len(jobs):
             bar.update(n_done - bar.n)
@@ -177,9 +197,11 @@ def _wait(jobs: list, poll_s: float, progress: bool) -> None:
 
 # %% ../nbs/21a_slurm.ipynb #62b3ffc5
 def _outcome(run, job, root: Path) -> str:
-    "The outcome of `run` from its finished `job`; a task SLURM ended is recorded as failed with SLURM's reason."
-    try: out, error = job.result(), None
-    except Exception as e: out, error = None, e  # killed, cancelled, out of memory, or the task itself crashed
+    "The outcome of `run` from its finished `job`; a task SLURM ended is failed, with SLURM's reason."
+    try:
+        out, error = job.result(), None
+    except Exception as e:  # killed, cancelled, out of memory, or the task itself crashed
+        out, error = None, e
     state = job.state or ""
     ended_by_slurm = state.split()[0] in _SLURM_FIXES if state else False
     if out not in (None, "abandoned", "failed") or (out == "failed" and not ended_by_slurm): return out
@@ -200,7 +222,7 @@ def _todo(runs: list, state: Callable, retry_failed: bool, rerun_stale: bool) ->
 # %% ../nbs/21a_slurm.ipynb #933bdd29
 def run_slurm(runs: list, # the plan's runs (the grid's `Run`s)
               root: Path, # the grid's folder
-              settings: Callable[[str], Mapping], # SLURM settings of an experiment kind (see `slurm_settings`)
+              settings: Callable[[str], Mapping], # SLURM settings of a kind of run (see `slurm_settings`)
               execute: Callable[..., str], # executes one run (the grid's `execute_run`)
               notebooks: str | Path | None = None, retry_failed: bool = False,
               device: str = "auto", # resolved inside each task

@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,10 +23,10 @@ from .runs import read_run
 # %% auto #0
 __all__ = ['COMPONENT_ORDER', 'MATCHED', 'COMPONENT_SETS', 'PROBES', 'CELL', 'NOTEBOOK_DEFAULTS', 'MIN_DATASETS', 'code_version',
            'read_runs', 'read_tables', 'component_summaries', 'seed_cells', 'best_lr', 'accuracy_table', 'model_opts',
-           'paper_error_bars', 'pooled_se', 'average_accuracy', 'probe_accuracy', 'relative_gain', 'gains', 'lr_gap',
-           'ablation_table', 'paired_tests', 'paper_main_table', 'paired_table', 'spearman_null', 'mean_rho_test',
-           'page_trend', 'trend_table', 'check_bounds', 'code_versions', 'training_dynamics', 'headline_table',
-           'Results', 'compute_results']
+           'paper_error_bars', 'pooled_se', 'average_accuracy', 'probe_table', 'probe_accuracy', 'relative_gain',
+           'gains', 'lr_gap', 'ablation_table', 'paired_tests', 'paper_main_table', 'paired_table', 'spearman_null',
+           'mean_rho_test', 'page_trend', 'trend_table', 'check_bounds', 'code_versions', 'training_dynamics',
+           'headline_table', 'Results', 'compute_results']
 
 # %% ../nbs/16_stats.ipynb #6e0ce2fa
 COMPONENT_ORDER = ("MHA", "FC1", "FC2", "LN2", "LN1")  # theoretical rank 1..5 (1 = most plastic)
@@ -178,7 +179,7 @@ def model_opts(best: pd.DataFrame) -> list[tuple[str, str]]:
 
 # %% ../nbs/16_stats.ipynb #58e06daa
 def paper_error_bars(std: pd.DataFrame, n_seeds: int = 3) -> pd.Series:
-    "The paper's error bars of the dataset-average accuracy: sqrt(mean over datasets of std²) / sqrt(n_seeds)"
+    "The paper's error bars of the dataset-average accuracy: √(mean over datasets of std²) / √n_seeds."
     return np.sqrt((std.astype(float) ** 2).mean()) / math.sqrt(n_seeds)
 
 def pooled_se(std: pd.DataFrame, n_seeds: int) -> pd.Series:
@@ -201,8 +202,8 @@ def average_accuracy(best: pd.DataFrame) -> pd.DataFrame:
     return pd.concat(parts).rename_axis("train").reset_index()[cols] if parts else pd.DataFrame(columns=cols)
 
 # %% ../nbs/16_stats.ipynb #59214e8a
-def probe_accuracy(runs: pd.DataFrame) -> pd.DataFrame:
-    "Linear-probe test accuracy (%) per model, dataset and representation: mean over counted seeds; counts."
+def probe_table(runs: pd.DataFrame) -> pd.DataFrame:
+    "The linear-probing baseline's test accuracy (%) per model, dataset and representation, mean over seeds."
     lp = runs[runs["kind"] == "linear_probe"]
     lp = lp.assign(acc=lp["test_acc"].where(lp["counted"]))
     g = lp.groupby(["model", "dataset", "representation"], dropna=False)
@@ -211,6 +212,14 @@ def probe_accuracy(runs: pd.DataFrame) -> pd.DataFrame:
     out["complete"] = out["n_seeds"] >= out["n_planned"]
     return out.reset_index()
 
+# %% ../nbs/16_stats.ipynb #ccbfb9a3
+def probe_accuracy(runs: pd.DataFrame) -> pd.DataFrame:
+    "Deprecated name of `probe_table` (`probe.probe_accuracy` is another function: it fits one probe)."
+    warnings.warn("vit_plasticity.stats.probe_accuracy is deprecated, use probe_table (probe.probe_accuracy "
+                  "is the probe itself)", FutureWarning, stacklevel=2)
+    return probe_table(runs)
+
+# %% ../nbs/16_stats.ipynb #eacf3dc6
 def relative_gain(acc: pd.DataFrame, probe: pd.Series) -> pd.Series:
     "Average over datasets of (accuracy − probe)/probe, in %, per configuration."
     return (acc.sub(probe, axis=0).div(probe, axis=0) * 100).mean()
@@ -248,7 +257,7 @@ def lr_gap(cells: pd.DataFrame) -> pd.DataFrame:
 
 # %% ../nbs/16_stats.ipynb #2dd611e2
 def ablation_table(runs: pd.DataFrame) -> pd.DataFrame:
-    "Per cell, the first planned seed's test accuracy, mean ± std (ddof 0) over the LRs: the ablation tables."
+    "The paper's ablation tables: per cell, the first seed's test accuracy, mean ± std (ddof 0) over the LRs."
     ft = runs[runs["kind"] == "finetune"]
     ft = ft[ft["seed"] == ft.groupby(CELL, dropna=False)["seed"].transform("min")]
     g = ft.assign(acc=ft["test_acc"].where(ft["counted"])).groupby(CELL, dropna=False)
@@ -270,7 +279,7 @@ def paired_tests(acc: pd.DataFrame, ref: str = "MHA",
 
 # %% ../nbs/16_stats.ipynb #a1c64a39
 def paper_main_table(column: str = "test_acc_mean") -> pd.DataFrame:
-    "The paper's main table (ViT-B/16 in21k, best-LR test accuracy in %, or its std): dataset × configuration"
+    "The paper's main table (ViT-B/16 in21k, best-LR test accuracy %, or its std): dataset × configuration."
     t = pd.read_csv(Path(vit_plasticity.__file__).parent / "assets" / "paper_main_table.csv")
     return t.pivot(index="dataset", columns="config", values=column)
 
@@ -473,7 +482,7 @@ class Results:
     cells: pd.DataFrame = field(default_factory=_empty)  # `seed_cells`
     best: pd.DataFrame = field(default_factory=_empty)  # `best_lr`, LR chosen on test accuracy (the paper's)
     best_valid: pd.DataFrame = field(default_factory=_empty)  # `best_lr`, LR chosen on validation accuracy
-    probes: pd.DataFrame = field(default_factory=_empty)  # `probe_accuracy`
+    probes: pd.DataFrame = field(default_factory=_empty)  # `probe_table`
     average: pd.DataFrame = field(default_factory=_empty)  # `average_accuracy`, both selections (`select`)
     gain: pd.DataFrame = field(default_factory=_empty)  # `gains`, both selections (`select`)
     lr_gap: pd.DataFrame = field(default_factory=_empty)  # `lr_gap`
@@ -527,7 +536,7 @@ def compute_results(planned: Sequence[Mapping],  # the plan: per run its `id`, `
     rules = dict(allow_incomplete=allow_incomplete, allow_diverged=allow_diverged,
                  allow_zero_lr=allow_zero_lr)
     best, best_valid = best_lr(cells, "test", **rules), best_lr(cells, "valid", **rules)
-    comps, probes, gap = component_summaries(layers), probe_accuracy(runs), lr_gap(cells)
+    comps, probes, gap = component_summaries(layers), probe_table(runs), lr_gap(cells)
     average, gain = _both(average_accuracy, best, best_valid), _both(gains, best, best_valid, probes)
     info = {"root": str(root), "planned_only": planned_only, **rules, "n_resamples": n_resamples,
             "seed": seed}

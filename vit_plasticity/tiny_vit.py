@@ -44,14 +44,14 @@ def tiny_vit(seed: int = 0, # seed of the random initialisation (the global RNG 
         return set_ln_eps(timm.create_model(name, pretrained=False, **arch), eps)
 
 # %% ../nbs/20a_tiny_vit.ipynb #a8fcab2c
-def tiny_tensors(images: np.ndarray, # uint8 padded images (N, 32, 32): Fashion-MNIST or an offline target domain
+def tiny_tensors(images: np.ndarray, # uint8 padded images (N, 32, 32): Fashion-MNIST or an offline target
                 ) -> torch.Tensor:    # (N, 1, 32, 32) float, normalised as the tiny ViT was pretrained
-    "Padded grey images as the tiny ViT's inputs: scaled to [0, 1], normalised with Fashion-MNIST's mean and std."
+    "Padded grey images as the tiny ViT's inputs: scaled to [0, 1], normalised as Fashion-MNIST."
     return (torch.from_numpy(images)[:, None].float() / 255 - FMNIST_MEAN[0]) / FMNIST_STD[0]
 
 def fmnist_tensors(split: str = "train",           # "train" or "test"
                    n: int | None = None,            # keep the first `n` images (default all)
-                   root: str | Path | None = None,  # folder of the idx files (default: `load_fashion_mnist`'s)
+                   root: str | Path | None = None,  # folder of the idx files (default `load_fashion_mnist`'s)
                   ) -> tuple[torch.Tensor, torch.Tensor]: # images (N, 1, 32, 32) normalised, labels (N,)
     "Fashion-MNIST `split` as normalised 32×32 float tensors, ready for the tiny ViT."
     x, y = load_fashion_mnist(split, root)
@@ -65,10 +65,11 @@ TINY_VIT_RECIPE = dict(epochs=12, bs=128, lr=3e-3, wd=0.05, pct_start=0.2, label
 def accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, bs: int = 1000) -> float:
     "Top-1 accuracy of `model` (put in eval mode) on images `x` with labels `y`."
     model.eval()
-    return sum((model(x[i:i + bs]).argmax(1) == y[i:i + bs]).sum().item() for i in range(0, len(x), bs)) / len(x)
+    hits = sum((model(x[i:i + bs]).argmax(1) == y[i:i + bs]).sum().item() for i in range(0, len(x), bs))
+    return hits / len(x)
 
 # %% ../nbs/20a_tiny_vit.ipynb #c2b47521
-def train_tiny_vit(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, # model, training images and labels
+def train_tiny_vit(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, # model, training images, labels
                    epochs: int, bs: int, lr: float, wd: float, pct_start: float, label_smoothing: float,
                    seed: int,                 # `TINY_VIT_RECIPE`
                    max_steps: int | None = None, # stop early (smoke tests)
@@ -77,12 +78,17 @@ def train_tiny_vit(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, # m
     "Pretrain `model` in place: AdamW, one-cycle learning rate, batches in an order fixed by `seed`."
     gen, steps_per_epoch = torch.Generator().manual_seed(seed), len(x) // bs
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=wd)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps_per_epoch, pct_start=pct_start)
-    batches = [b for _ in range(epochs) for b in torch.randperm(len(x), generator=gen)[:steps_per_epoch * bs].view(-1, bs)]
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps_per_epoch,
+                                                pct_start=pct_start)
+    orders = [torch.randperm(len(x), generator=gen)[:steps_per_epoch * bs] for _ in range(epochs)]
+    batches = [b for order in orders for b in order.view(-1, bs)]
     losses, model = [], model.train()
     for idx in tqdm(batches[:max_steps], disable=not progress, desc="pretraining", unit="step"):
         loss = F.cross_entropy(model(x[idx]), y[idx], label_smoothing=label_smoothing)
-        opt.zero_grad(); loss.backward(); opt.step(); sched.step()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
         losses.append(loss.item())
     return losses
 
@@ -98,14 +104,18 @@ def pretrain_out(package: str | Path | None = None, # the package's folder (defa
 def _record(recipe: dict, n_train: int, n_test: int, subset: bool, losses: list[float], acc: float,
             wall: float, cpu: float, load: tuple) -> dict:
     "The JSON record of a pretraining run."
-    return dict(model="tiny-fmnist", architecture=TINY_VIT_ARCH, parameters=sum(p.numel() for p in tiny_vit().parameters()),
-        data=dict(dataset="Fashion-MNIST", train_images=n_train, test_images=n_test, subset=subset, mean=list(FMNIST_MEAN),
-                  std=list(FMNIST_STD), preprocessing="zero-pad 28x28 -> 32x32, scale to [0, 1], normalise with mean/std",
+    n_params = sum(p.numel() for p in tiny_vit().parameters())
+    return dict(model="tiny-fmnist", architecture=TINY_VIT_ARCH, parameters=n_params,
+        data=dict(dataset="Fashion-MNIST", train_images=n_train, test_images=n_test, subset=subset,
+                  mean=list(FMNIST_MEAN), std=list(FMNIST_STD),
+                  preprocessing="zero-pad 28x28 -> 32x32, scale to [0, 1], normalise with mean/std",
                   augmentation="none"),
         training=dict(recipe, optimizer="AdamW", schedule="one-cycle (torch OneCycleLR)", steps=len(losses),
-                      loss="cross-entropy with label smoothing", final_loss=sum(losses[-50:]) / len(losses[-50:])),
-        results=dict(test_accuracy=acc, wall_time_s=round(wall, 1), cpu_time_s=round(cpu, 1), torch_threads=torch.get_num_threads(),
-                     cpu_count=os.cpu_count(), load_average_start=load, load_average_end=os.getloadavg()),
+                      loss="cross-entropy with label smoothing",
+                      final_loss=sum(losses[-50:]) / len(losses[-50:])),
+        results=dict(test_accuracy=acc, wall_time_s=round(wall, 1), cpu_time_s=round(cpu, 1),
+                     torch_threads=torch.get_num_threads(), cpu_count=os.cpu_count(), load_average_start=load,
+                     load_average_end=os.getloadavg()),
         versions=dict(python=platform.python_version(), torch=torch.__version__, timm=timm.__version__,
                       vit_plasticity=vit_plasticity.__version__),
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
@@ -127,7 +137,8 @@ def pretrain_tiny_vit(out: str | Path | None = None, # weights (default `pretrai
     losses = train_tiny_vit(model, x, y, **recipe, max_steps=max_steps, progress=progress)
     acc = accuracy(model, xt, yt)
     subset = n_train is not None or n_test is not None or max_steps is not None
-    rec = _record(recipe, len(x), len(xt), subset, losses, acc, time.perf_counter() - t0, time.process_time() - c0, load)
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    rec = _record(recipe, len(x), len(xt), subset, losses, acc, wall, cpu, load)
     out = Path(out or pretrain_out())
     save_file(model.state_dict(), out)
     out.with_suffix(".json").write_text(json.dumps(rec, indent=2) + "\n")
@@ -148,17 +159,19 @@ def is_current(out: str | Path | None = None, # weights file (default the shippe
 @call_parse
 def pretrain_tiny_vit_cli(out: str = None,              # weights file (default `pretrain_out()`)
                           epochs: int = TINY_VIT_RECIPE["epochs"], # passes over Fashion-MNIST train
-                          lr: float = TINY_VIT_RECIPE["lr"],       # peak learning rate of the one-cycle schedule
-                          seed: int = TINY_VIT_RECIPE["seed"],     # seed of the initialisation and of the batch order
+                          lr: float = TINY_VIT_RECIPE["lr"],       # peak learning rate (one-cycle schedule)
+                          seed: int = TINY_VIT_RECIPE["seed"],     # seed of the init and batch order
                           root: str = None,             # folder of the Fashion-MNIST idx files
-                          threads: int = None,          # torch CPU threads (default: torch's; 1 is faster on busy cores)
-                          force: store_true = False,    # pretrain even if `out` already holds this recipe's model
+                          threads: int = None,          # torch CPU threads (1: faster on busy cores)
+                          force: store_true = False,    # pretrain even if `out` holds this recipe's model
                          ):
     "Pretrain the tiny Fashion-MNIST ViT, or reuse the file that already holds it."
-    if threads: torch.set_num_threads(threads)
+    if threads:
+        torch.set_num_threads(threads)
     recipe, dest = dict(epochs=epochs, lr=lr, seed=seed), Path(out or pretrain_out())
     if not force and is_current(dest, **recipe):
         return print(f"{dest} already holds this recipe's tiny ViT (test accuracy "
                      f"{tiny_recipe(dest)['results']['test_accuracy']:.2%}); --force to pretrain again")
     rec = pretrain_tiny_vit(dest, root=root, progress=True, **recipe)
-    print(f"tiny ViT: test accuracy {rec['results']['test_accuracy']:.2%} after {rec['results']['wall_time_s']:.0f} s -> {dest}")
+    res = rec["results"]
+    print(f"tiny ViT: test accuracy {res['test_accuracy']:.2%} after {res['wall_time_s']:.0f} s -> {dest}")
