@@ -289,13 +289,14 @@ def _silent(km, code: str, timeout: float = 600) -> None:
     finally: kc.stop_channels()
     if reply["content"]["status"] != "ok": raise RuntimeError(f"kernel: {reply['content'].get('evalue')}")
 
-# %% ../nbs/22_grid.ipynb #16df8e4d
+# %% ../nbs/22_grid.ipynb #113e12ee
 def _shutdown(km) -> None:
     "Stop a kernel and close its end of the lock handover."
     try: asyncio.run(km.shutdown_kernel(now=True))
     except Exception: pass  # already dead: nothing to stop
     km.handover.close()
 
+# %% ../nbs/22_grid.ipynb #16df8e4d
 class WarmKernels:
     "Up to `budget` kernels, each warmed in the background while a run executes, then handed to one run by `take`."
     def __init__(self, workers: int = 1, budget: int = 0):
