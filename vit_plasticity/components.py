@@ -16,7 +16,7 @@ from torch import nn
 
 # %% auto #0
 __all__ = ['COMPONENTS', 'HEAD', 'CONFIGURATIONS', 'FAMILIES', 'SUPPORTED', 'Component', 'parts_of', 'out_projection',
-           'hook_component', 'Family', 'TimmViT', 'TimmEva', 'TimmBeit', 'HFViT', 'HFDinov2', 'HFCLIP', 'random_vit',
+           'hook_component', 'random_vit', 'Family', 'TimmViT', 'TimmEva', 'TimmBeit', 'HFViT', 'HFDinov2', 'HFCLIP',
            'family_of', 'component_of', 'check_vit', 'n_blocks', 'block_components', 'embed', 'num_classes',
            'trainable_table', 'set_trainable']
 
@@ -81,6 +81,25 @@ def hook_component(f: nn.Module,  # a component (`block_components`)
         return lambda m, args, out: on_output(k, _output(out) if scale is None else _output(out) * scale)
     handles = [parts[0].register_forward_hook(read_input, with_kwargs=True)]
     return handles + [p.register_forward_hook(read_output(k)) for k, p in enumerate(parts)]
+
+# %% ../nbs/10_components.ipynb #fa6ec298
+def random_vit(depth: int = 2,  # blocks L
+               embed_dim: int = 192,  # token width d (timm's vit_tiny)
+               num_heads: int = 3,  # heads H
+               img_size: int = 32,  # input side in pixels
+               patch_size: int = 8,  # patch side: (img_size / patch_size)^2 + 1 tokens
+               num_classes: int = 10,  # classes of the head
+               seed: int | None = 0,  # initialisation seed (global RNG untouched); None: the global RNG
+               **kwargs,  # more `VisionTransformer` arguments (in_chans, init_values, ...)
+              ) -> VisionTransformer:
+    "A small random-init timm ViT in eval mode, the same for the same seed: the examples' test model."
+    arch = dict(depth=depth, embed_dim=embed_dim, num_heads=num_heads, img_size=img_size,
+                patch_size=patch_size, num_classes=num_classes, **kwargs)
+    if seed is None:
+        return VisionTransformer(**arch).eval()
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return VisionTransformer(**arch).eval()
 
 # %% ../nbs/10_components.ipynb #3664d855
 def _get(obj, path: str):
@@ -344,25 +363,6 @@ class HFCLIP(_HF):
         l = self.blocks(model)[layer]
         return {"LN1": l.layer_norm1, "MHA": Component([l.self_attn]), "LN2": l.layer_norm2, "FC1": l.mlp.fc1,
                 "FC2": l.mlp.fc2}
-
-# %% ../nbs/10_components.ipynb #fa6ec298
-def random_vit(depth: int = 2,  # blocks L
-               embed_dim: int = 192,  # token width d (timm's vit_tiny)
-               num_heads: int = 3,  # heads H
-               img_size: int = 32,  # input side in pixels
-               patch_size: int = 8,  # patch side: (img_size / patch_size)^2 + 1 tokens
-               num_classes: int = 10,  # classes of the head
-               seed: int | None = 0,  # initialisation seed (global RNG untouched); None: the global RNG
-               **kwargs,  # more `VisionTransformer` arguments (in_chans, init_values, ...)
-              ) -> VisionTransformer:
-    "A small random-init timm ViT in eval mode, the same for the same seed: the examples' test model."
-    arch = dict(depth=depth, embed_dim=embed_dim, num_heads=num_heads, img_size=img_size,
-                patch_size=patch_size, num_classes=num_classes, **kwargs)
-    if seed is None:
-        return VisionTransformer(**arch).eval()
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        return VisionTransformer(**arch).eval()
 
 # %% ../nbs/10_components.ipynb #b2437ab3
 FAMILIES = (TimmViT(), TimmEva(), TimmBeit(), HFViT(), HFDinov2(), HFCLIP())  # tried in this order
