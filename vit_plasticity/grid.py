@@ -105,6 +105,7 @@ def _check_block(b, defaults: dict, at: str) -> None:
             if not isinstance(x, (str, int, float, bool, type(None))):
                 raise GridSpecError(f"{at}: {k}={x!r} must be a string, number, boolean or null")
 
+# %% ../nbs/22_grid.ipynb #4bfcf32b
 def validate_spec(spec: dict, where: str = "grid") -> dict:
     "Check the keys and value types of a grid specification; returns it unchanged."
     if not isinstance(spec, dict):
@@ -524,8 +525,7 @@ def run_local(runs: list[Run], root: Path, devices: list[str] = ("cpu",), jobs: 
         def collect(f):
             outcomes[futures[f].id] = f.result()
             bar.update()
-            counts = {k: sum(v == k for v in outcomes.values()) for k in ("done", "failed", "skipped")}
-            bar.set_postfix(counts)
+            bar.set_postfix({k: list(outcomes.values()).count(k) for k in ("done", "failed", "skipped")})
         futures = {pool.submit(work, r): r for r in runs}
         try:
             for f in as_completed(futures): collect(f)
@@ -560,8 +560,7 @@ def _task_device(devices: str | list[str]) -> str:
 def run_grid(spec: dict | str | Path, # a grid: its name, a YAML path, or the loaded specification
              jobs: int | None = None, # concurrent runs on this machine (default: one per device)
              devices: str | list[str] = "auto", # "auto" (every visible GPU, else the CPU), or names
-             executor: str = "local", # "local" or "slurm"
-             dry_run: bool = False, # plan and check names only; every run 'planned'
+             executor: str = "local", dry_run: bool = False, # "local" or "slurm"; dry_run: only plan, check
              root: str | Path | None = None, notebooks: str | Path | None = None, retry_failed: bool = False,
              rehearse: bool = False, # rehearse the grid (stand-ins, synthetic data, small sizes)
              sample: int | None = None, # a stratified sample of this many runs
