@@ -155,6 +155,7 @@ def facet_axes(n: int, ncols: int = 4, panel: tuple[float, float] = (3.6, 2.9), 
         ax.set_visible(False)
     return fig, list(axs.flat[:n])
 
+# %% ../nbs/23_analysis.ipynb #e79c94a3
 def _finish(fig: Figure, title: str) -> Figure:
     fig.suptitle(title)
     fig.tight_layout()
@@ -354,6 +355,7 @@ def _check_sentence(key: tuple, g: pd.DataFrame) -> str:
             f"in {int(g['holds'].sum())} of {len(g)} (dataset, layer, component) cases; highest "
             f"measured/bound {ratio.max():.3g} ({w['component']}, layer {w['layer']}, {w['dataset']}).")
 
+# %% ../nbs/23_analysis.ipynb #b1affc93
 def _bounds_section(res: Results) -> list:
     out, label = [], res.meta.get("label", "")
     if len(res.bounds):
@@ -376,6 +378,7 @@ def _table_lines(res: Results, m: str, o: str) -> list:
             md_table(main_table(res, m, o)), "The same with the LR chosen on **validation** accuracy:",
             md_table(main_table(res, m, o, "valid"))]
 
+# %% ../nbs/23_analysis.ipynb #c1182596
 def _averages(res: Results) -> pd.DataFrame:
     "The averages over datasets per model, optimiser and configuration, gains and LR gap (test selection)."
     key = ["model", "opt", "train"]
@@ -468,6 +471,7 @@ def _paper_section() -> list:
             "Its paired tests, recomputed here from its published accuracies (MHA against each component):",
             md_table(paired_tests(paper), "{:.4f}")]
 
+# %% ../nbs/23_analysis.ipynb #3998c21d
 def report_sections(res: Results) -> dict[str, list]:
     "The report as named sections of Markdown blocks and `FigureItem`s; empty sections when nothing finished."
     head = [res.meta.get("title", "# Report"), res.meta.get("description", ""), *_status_section(res)]

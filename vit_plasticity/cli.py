@@ -25,13 +25,16 @@ def _positive(text: str) -> int:
 
 def _devices(text: str) -> str:
     "An argparse type: 'auto' or comma-separated device names, none empty."
-    if not all(text.split(",")): raise argparse.ArgumentTypeError(f"{text!r}: name devices as auto, cpu or cuda:0,cuda:1")
+    if not all(text.split(",")):
+        raise argparse.ArgumentTypeError(f"{text!r}: name devices as auto, cpu or cuda:0,cuda:1")
     return text
 
 def _plan_args(p: argparse.ArgumentParser) -> None:
     "The arguments that choose a grid's plan and folder, shared by run, status and report."
-    p.add_argument("spec", help="a committed grid (paper, ablation-adamw, ablation-size, demo, smoke) or a YAML path")
-    p.add_argument("--rehearse", action="store_true", help="the grid's rehearsal: stand-ins, synthetic data, CPU")
+    p.add_argument("spec",
+                   help="a committed grid (paper, ablation-adamw, ablation-size, demo, smoke) or a YAML path")
+    p.add_argument("--rehearse", action="store_true",
+                   help="the grid's rehearsal: stand-ins, synthetic data, CPU")
     p.add_argument("--sample", type=_positive, default=None, help="a stratified sample of this many runs")
     p.add_argument("--root", default=None, help="folder of the grid's runs (default runs/<grid>)")
 
@@ -43,7 +46,8 @@ def _slurm_args(p: argparse.ArgumentParser) -> None:
         flag = "--" + name.replace("_", "-")
         if kind is list: g.add_argument(flag, action="append", default=None, help=help + " (repeatable)")
         else: g.add_argument(flag, type=kind, default=None, help=help)
-    g.add_argument("--no-wait", action="store_true", help="return once submitted (vitp grid status tells the rest)")
+    g.add_argument("--no-wait", action="store_true",
+                   help="return once submitted (vitp grid status tells the rest)")
 
 # %% ../nbs/25_cli.ipynb #87498b36
 def _rank_args(p: argparse.ArgumentParser) -> None:
@@ -76,16 +80,21 @@ def parser() -> argparse.ArgumentParser:
     run = grid.add_parser("run", help="execute every run not yet complete")
     _plan_args(run)
     run.add_argument("--jobs", type=_positive, default=None, help="concurrent runs (default: one per device)")
-    run.add_argument("--devices", type=_devices, default="auto", help="auto (every GPU, else the CPU), cpu, cuda:0,...")
+    run.add_argument("--devices", type=_devices, default="auto",
+                     help="auto (every GPU, else the CPU), cpu, cuda:0,...")
     run.add_argument("--executor", choices=("local", "slurm"), default="local")
-    run.add_argument("--dry-run", action="store_true", help="print the plan (and the sbatch settings) and exit")
+    run.add_argument("--dry-run", action="store_true",
+                     help="print the plan (and the sbatch settings) and exit")
     run.add_argument("--retry-failed", action="store_true", help="run failed runs again")
-    run.add_argument("--rerun-stale", action="store_true", help="redo done runs whose code is not the current code")
+    run.add_argument("--rerun-stale", action="store_true",
+                     help="redo done runs whose code is not the current code")
     _slurm_args(run)
-    _plan_args(grid.add_parser("status", help="count done, failed, partial and missing runs; exit 1 unless all done"))
+    status = "count done, failed, partial and missing runs; exit 1 unless all done"
+    _plan_args(grid.add_parser("status", help=status))
     rep = sub.add_parser("report", help="tables, figures and report.md of a grid")
     _plan_args(rep)
-    rep.add_argument("--out", default=None, help="folder to write the report to (default <runs of the grid>/report)")
+    rep.add_argument("--out", default=None,
+                     help="folder to write the report to (default <runs of the grid>/report)")
     _rank_args(sub.add_parser("plasticity", help="rank a model's components by plasticity on your images"))
     _rank_args(sub.add_parser("recommend", help="the component to finetune on your images, and why"))
     return p
@@ -110,13 +119,15 @@ def cost_table(runs: list) -> str:
     "The plan's estimated FLOPs and GPU-hours per kind (the cost notebook; its assumptions in the heading)."
     from vit_plasticity.cost import plan_cost
     table = plan_cost(runs).round(1).to_string()
-    return f"estimated cost (H100 at 40% of its dense peak; fp32 without TF32, as PyTorch's default):\n{table}"
+    head = "estimated cost (H100 at 40% of its dense peak; fp32 without TF32, as PyTorch's default)"
+    return f"{head}:\n{table}"
 
 # %% ../nbs/25_cli.ipynb #898e413b
 def status_table(statuses: dict[str, str]) -> str:
     "Counts of run statuses, and the ids of failed and unfinished runs."
     counts = Counter(statuses.values())
-    kinds = ("done", "stale", "failed", "partial", "missing", "locked", "blocked", "abandoned", "skipped", "submitted")
+    kinds = ("done", "stale", "failed", "partial", "missing", "locked", "blocked", "abandoned", "skipped",
+             "submitted")
     lines = [f"{k:<10}{counts[k]:>6}" for k in kinds if counts.get(k)]
     bad = [f"  {s:<9}{i}" for i, s in statuses.items() if s in ("failed", "partial", "blocked", "abandoned")]
     return "\n".join(lines + (["unfinished or failed:"] + bad[:50] if bad else []))
@@ -132,7 +143,8 @@ def retry_hint(statuses: dict[str, str], args, argv: list[str]) -> str:
     n = sum(s == "failed" for s in statuses.values())
     status = " ".join(["vitp grid status", args.spec, plan_flags(args)]).strip()
     retry = " ".join(["vitp", *[a for a in argv if a != "--retry-failed"], "--retry-failed"])
-    return f"{n} run(s) failed: `{status}` lists them and each one's metrics.json says why; retry them: `{retry}`"
+    return (f"{n} run(s) failed: `{status}` lists them and each one's metrics.json says why; "
+            f"retry them: `{retry}`")
 
 # %% ../nbs/25_cli.ipynb #5ff5f5e7
 def _slurm_overrides(args) -> dict:
@@ -147,8 +159,10 @@ def _run(args, spec: dict, argv: list[str]) -> int:
         run_grid(spec, dry_run=True, **kw)
         runs, root = plan(spec, **kw)
         print(plan_table(runs, spec["name"]))
-        if not args.rehearse: print(cost_table(runs))
-        if args.executor == "slurm": print(sbatch_preview(spec, runs, root, _slurm_overrides(args), args.rehearse))
+        if not args.rehearse:
+            print(cost_table(runs))
+        if args.executor == "slurm":
+            print(sbatch_preview(spec, runs, root, _slurm_overrides(args), args.rehearse))
         return 0
     out = run_grid(spec, jobs=args.jobs, devices=args.devices, executor=args.executor,
                    retry_failed=args.retry_failed, slurm=_slurm_overrides(args), wait=not args.no_wait,
@@ -205,19 +219,20 @@ def _crash(e: BaseException) -> int:
     import tempfile, traceback
     with tempfile.NamedTemporaryFile("w", prefix="vitp-error-", suffix=".log", delete=False) as f:
         traceback.print_exception(e, file=f)
-    print(f"vitp: unexpected {type(e).__name__}: {e} (traceback in {f.name}; please report it)", file=sys.stderr)
+    print(f"vitp: unexpected {type(e).__name__}: {e} (traceback in {f.name}; please report it)",
+          file=sys.stderr)
     return 3
 
 # %% ../nbs/25_cli.ipynb #09d39848
 def main(argv: list[str] | None = None) -> int:
-    "Entry point of `vitp`: 0 all well, 1 runs failed or not all done, 2 refused before work, 3 a bug, 130 Ctrl-C."
+    "`vitp`: 0 all well, 1 runs failed or not all done, 2 refused before work, 3 a bug, 130 Ctrl-C."
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser().parse_args(argv)
     if args.command in ("plasticity", "recommend"): return _refused(_rank, args)
     from vit_plasticity.preflight import PreflightError
     from vit_plasticity.runs import GridInterrupted, RunsDirError
     try: return _grid_command(args, argv)
-    except (RunsDirError, PreflightError, ValueError, OSError) as e:  # refused, or a file it cannot use: say which
+    except (RunsDirError, PreflightError, ValueError, OSError) as e:  # refused, or a file it cannot use
         print(f"vitp: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:  # Ctrl-C: what happened, and that the same command resumes

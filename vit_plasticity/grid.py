@@ -20,7 +20,8 @@ from .rehearsal import rehearse_runs, sample_runs
 from .slurm import SlurmConfigError, check_slurm_block, run_slurm, slurm_settings
 from .files import move_into_place
 from .runs import ABANDON, DONE, LAUNCHED_ENV, NOTEBOOK_SHA_ENV, GridInterrupted, RunFolderError
-from .runs import atomic_write_json, atomic_write_text, check_writable, clear_run, library_sha, mark_done
+from .runs import (atomic_write_json, atomic_write_text, check_writable, clear_run, library_sha,
+                                 mark_done)
 from .runs import notebook_sha, record_failure, run_status, runs_root
 
 # %% auto #0
@@ -53,7 +54,7 @@ def notebooks_dir() -> Path:
     return _shipped_notebooks() / "experiments"
 
 def results_notebook() -> Path:
-    "The results notebook the report executes (the checkout's or the wheel's; $VITP_NOTEBOOKS does not move it)."
+    "The results notebook the report executes (the checkout's or the wheel's, whatever $VITP_NOTEBOOKS says)."
     return _shipped_notebooks() / "results.ipynb"
 
 # %% ../nbs/22_grid.ipynb #a26e00de
@@ -67,7 +68,8 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
 def _read_yaml(path: Path) -> object:
     "The YAML document in `path`, or a `GridSpecError` saying what is wrong with the file."
-    if path.is_dir(): raise GridSpecError(f"{path} is a folder, not a grid file: pass a grid's .yaml file or name")
+    if path.is_dir():
+        raise GridSpecError(f"{path} is a folder, not a grid file: pass a grid's .yaml file or name")
     try: text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as e:
         raise GridSpecError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start}; a UTF-16 file?): "
@@ -87,28 +89,36 @@ def load_spec(spec: str | Path) -> dict:
 # %% ../nbs/22_grid.ipynb #df899096
 def _check_block(b, defaults: dict, at: str) -> None:
     "Check one block of a grid specification: its keys, kind, and the names and values of its parameters."
-    if not isinstance(b, dict): raise GridSpecError(f"{at}: a block is a mapping with keys {sorted(_BLOCK_KEYS)}")
-    if bad := set(b) - _BLOCK_KEYS: raise GridSpecError(f"{at}: unknown key(s) {sorted(map(str, bad))}; allowed: {sorted(_BLOCK_KEYS)}")
+    if not isinstance(b, dict):
+        raise GridSpecError(f"{at}: a block is a mapping with keys {sorted(_BLOCK_KEYS)}")
+    if bad := set(b) - _BLOCK_KEYS:
+        raise GridSpecError(f"{at}: unknown key(s) {sorted(map(str, bad))}; allowed: {sorted(_BLOCK_KEYS)}")
     if b.get("kind") not in KINDS: raise GridSpecError(f"{at}: kind {b.get('kind')!r} is not one of {KINDS}")
     if not isinstance(b.get("params", {}), dict): raise GridSpecError(f"{at}: `params` must be a mapping")
     grid = b.get("grid", {})
     if not isinstance(grid, dict) or not all(isinstance(v, list) and v for v in grid.values()):
         raise GridSpecError(f"{at}: `grid` maps each parameter to a non-empty list of values")
     for k, v in {**defaults, **b.get("params", {}), **grid}.items():
-        if not (isinstance(k, str) and k.isidentifier()): raise GridSpecError(f"{at}: parameter name {k!r} must be a Python identifier")
+        if not (isinstance(k, str) and k.isidentifier()):
+            raise GridSpecError(f"{at}: parameter name {k!r} must be a Python identifier")
         for x in (v if k in grid else [v]):
             if not isinstance(x, (str, int, float, bool, type(None))):
                 raise GridSpecError(f"{at}: {k}={x!r} must be a string, number, boolean or null")
 
+# %% ../nbs/22_grid.ipynb #4bfcf32b
 def validate_spec(spec: dict, where: str = "grid") -> dict:
     "Check the keys and value types of a grid specification; returns it unchanged."
-    if not isinstance(spec, dict): raise GridSpecError(f"{where}: a grid is a mapping with keys {sorted(_SPEC_KEYS)}")
-    if bad := set(spec) - _SPEC_KEYS: raise GridSpecError(f"{where}: unknown key(s) {sorted(map(str, bad))}; allowed: {sorted(_SPEC_KEYS)}")
+    if not isinstance(spec, dict):
+        raise GridSpecError(f"{where}: a grid is a mapping with keys {sorted(_SPEC_KEYS)}")
+    if bad := set(spec) - _SPEC_KEYS:
+        raise GridSpecError(f"{where}: unknown key(s) {sorted(map(str, bad))}; allowed: {sorted(_SPEC_KEYS)}")
     name = spec.get("name")
     if not (isinstance(name, str) and re.fullmatch(r"[A-Za-z0-9_+-][A-Za-z0-9_.+-]*", name)):
         raise GridSpecError(f"{where}: `name` {name!r} must be a folder name (letters, digits, _ . + -)")
-    if not isinstance(spec.get("defaults", {}), dict): raise GridSpecError(f"{where}: `defaults` must be a mapping")
-    if not isinstance(spec.get("blocks"), list) or not spec["blocks"]: raise GridSpecError(f"{where}: `blocks` must be a non-empty list")
+    if not isinstance(spec.get("defaults", {}), dict):
+        raise GridSpecError(f"{where}: `defaults` must be a mapping")
+    if not isinstance(spec.get("blocks"), list) or not spec["blocks"]:
+        raise GridSpecError(f"{where}: `blocks` must be a non-empty list")
     for i, b in enumerate(spec["blocks"]): _check_block(b, spec.get("defaults", {}), f"{where}: block {i}")
     try: check_slurm_block(spec.get("slurm", {}), f"{where}: slurm")
     except SlurmConfigError as e: raise GridSpecError(str(e)) from e
@@ -140,24 +150,29 @@ def expand(spec: dict | str | Path) -> list[Run]:
     for b in spec["blocks"]:
         grid = b.get("grid", {})
         for values in itertools.product(*grid.values()):
-            run = Run(b["kind"], {**spec.get("defaults", {}), **b.get("params", {}), **dict(zip(grid, values))})
-            if run.id not in seen: seen.add(run.id); runs.append(run)
+            params = {**spec.get("defaults", {}), **b.get("params", {}), **dict(zip(grid, values))}
+            run = Run(b["kind"], params)
+            if run.id not in seen:
+                seen.add(run.id)
+                runs.append(run)
     return runs
 
 # %% ../nbs/22_grid.ipynb #b976016d
 def notebook_for(kind: str, notebooks: str | Path | None = None) -> Path:
     "The experiment notebook that runs `kind`."
     path = Path(notebooks or notebooks_dir()) / f"{kind}.ipynb"
-    if not path.exists(): raise GridSpecError(f"no experiment notebook {path} for kind {kind!r}; set VITP_NOTEBOOKS")
+    if not path.exists():
+        raise GridSpecError(f"no experiment notebook {path} for kind {kind!r}; set VITP_NOTEBOOKS")
     return path
 
 # %% ../nbs/22_grid.ipynb #142b9df0
-_TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,)}  # what a declared type accepts
+_TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,)}  # what a declared type takes
 
 def _type_error(value, declared: str) -> str | None:
-    "Why `value` does not fit a parameter declared `declared` (papermill's inferred type name), or None if it does."
+    "Why `value` does not fit a parameter declared `declared` (papermill's inferred type name), or None."
     ok = _TYPES.get(declared)
-    if ok is None or (isinstance(value, ok) and not (isinstance(value, bool) and declared != "bool")): return None
+    if ok is None or (isinstance(value, ok) and not (isinstance(value, bool) and declared != "bool")):
+        return None
     try: numeric = isinstance(value, str) and float(value) is not None
     except ValueError: numeric = False
     hint = " (YAML reads numbers such as 1e-2 as strings: write 1.0e-2)" if numeric else ""
@@ -165,19 +180,20 @@ def _type_error(value, declared: str) -> str | None:
 
 # %% ../nbs/22_grid.ipynb #96d01617
 def check_params(runs: list[Run], notebooks: str | Path | None = None) -> None:
-    "Raise `GridSpecError` if a run sets a parameter its notebook does not declare, or a value of the wrong type."
+    "`GridSpecError` if a run sets a parameter its notebook does not declare, or a value of the wrong type."
     import papermill as pm  # slow to import (a second): only where it is used
     declared = {k: pm.inspect_notebook(str(notebook_for(k, notebooks))) for k in {r.kind for r in runs}}
     for r in runs:
         if bad := set(r.params) - set(declared[r.kind]):
             raise GridSpecError(f"run {r.id}: unknown parameter(s) {sorted(bad)} for the {r.kind} notebook; "
                                 f"it declares {sorted(declared[r.kind])}")
-        if bad := [f"{k}={v!r} {why}" for k, v in r.params.items() if (why := _type_error(v, declared[r.kind][k]["inferred_type_name"]))]:
+        types = {k: declared[r.kind][k]["inferred_type_name"] for k in r.params}
+        if bad := [f"{k}={v!r} {why}" for k, v in r.params.items() if (why := _type_error(v, types[k]))]:
             raise GridSpecError(f"run {r.id}: {'; '.join(bad)}; fix the grid file")
 
 # %% ../nbs/22_grid.ipynb #bbfa4ff7
 def _check_dataset(name: str) -> None:
-    from vit_plasticity.data import dataset_spec  # imported when needed: the data and model modules pull in torch
+    from vit_plasticity.data import dataset_spec  # imported when needed: the data modules pull in torch
     dataset_spec(name)
 
 def _check_model(name: str) -> None:
@@ -229,22 +245,29 @@ def check_plan(runs: list[Run], notebooks: str | Path | None = None) -> None:
 
 # %% ../nbs/22_grid.ipynb #681f049c
 class RunLock:
-    "Non-blocking exclusive lock on a run; `acquired` is False when another process (launcher or kernel) holds it."
-    def __init__(self, run_dir: Path): self.path, self.fd, self.acquired = Path(f"{run_dir}.lock"), None, False
+    "Non-blocking exclusive lock on a run; `acquired` is False when another process holds it."
+    def __init__(self, run_dir: Path):
+        self.path, self.fd, self.acquired = Path(f"{run_dir}.lock"), None, False
+
     def __enter__(self):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
-        try: fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB); self.acquired = True
-        except BlockingIOError: self.acquired = False
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            self.acquired = True
+        except BlockingIOError:
+            self.acquired = False
         return self
-    def __exit__(self, *exc): os.close(self.fd)  # no LOCK_UN: a kernel sharing the lock keeps it until it dies
+
+    def __exit__(self, *exc):
+        os.close(self.fd)  # no LOCK_UN: a kernel sharing the lock keeps it until it dies
 
 # %% ../nbs/22_grid.ipynb #0a074721
-_GUARD = ("import ctypes, os, sys; ctypes.CDLL(None).prctl(1, 9, 0, 0, 0); "  # PR_SET_PDEATHSIG = 1, SIGKILL = 9
+_GUARD = ("import ctypes, os, sys; ctypes.CDLL(None).prctl(1, 9, 0, 0, 0); "  # PR_SET_PDEATHSIG 1, SIGKILL 9
           "os.getppid() == int(sys.argv[1]) or os._exit(3); os.execvp(sys.argv[2], sys.argv[2:])")
 
 def bind_to_parent(cmd: list[str], parent: int | None = None) -> list[str]:
-    "`cmd` wrapped so that its process is killed when `parent` (default: this process) dies; unchanged off Linux."
+    "`cmd` wrapped so that its process is killed when `parent` (default: this one) dies; unchanged off Linux."
     if not sys.platform.startswith("linux"): return list(cmd)
     return [sys.executable, "-S", "-c", _GUARD, str(parent or os.getpid()), *cmd]
 
@@ -252,11 +275,12 @@ def bind_to_parent(cmd: list[str], parent: int | None = None) -> list[str]:
 _KERNELS = weakref.WeakSet()  # the kernel managers of the runs in flight: a second Ctrl-C stops their kernels
 
 def run_kernel_manager(lock_fd: int, env: dict | None = None) -> type:
-    "A kernel manager class whose kernels hold the run's lock (`lock_fd`), get `env` and die with this process."
+    "A kernel manager class whose kernels hold the run's lock (`lock_fd`), get `env`, die with this process."
     from jupyter_client import AsyncKernelManager
     class RunKernelManager(AsyncKernelManager):
-        def format_kernel_cmd(self, extra_arguments=None) -> list[str]:  # no log lines but failures of the kernel
-            return bind_to_parent([*super().format_kernel_cmd(extra_arguments), "--IPKernelApp.log_level=CRITICAL"])
+        def format_kernel_cmd(self, extra_arguments=None) -> list[str]:  # log only its failures
+            cmd = super().format_kernel_cmd(extra_arguments)
+            return bind_to_parent([*cmd, "--IPKernelApp.log_level=CRITICAL"])
         async def start_kernel(self, **kw):
             _KERNELS.add(self)
             kw["env"] = {**(kw.get("env") or os.environ), **(env or {})}
@@ -274,7 +298,8 @@ def _kill_kernels() -> None:
 # %% ../nbs/22_grid.ipynb #1082ced3
 WARM_MODULES = ("torch", "torchvision", "timm", "fastai.learner", "pandas", "matplotlib.pyplot",
                 "vit_plasticity.finetune", "vit_plasticity.plasticity", "vit_plasticity.probe",
-                "vit_plasticity.bounds", "vit_plasticity.data", "vit_plasticity.models")  # the experiments' imports
+                "vit_plasticity.bounds", "vit_plasticity.data",
+                "vit_plasticity.models")  # the experiments' imports
 _WARM_CODE = f"[__import__('importlib').import_module(m) for m in {WARM_MODULES!r}]"  # no name defined
 
 def _silent(km, code: str, timeout: float = 600) -> None:
@@ -285,7 +310,8 @@ def _silent(km, code: str, timeout: float = 600) -> None:
     kc.start_channels()
     try:
         kc.wait_for_ready(timeout=timeout)
-        reply = kc.execute_interactive(code, silent=True, store_history=False, timeout=timeout, output_hook=id)
+        reply = kc.execute_interactive(code, silent=True, store_history=False, timeout=timeout,
+                                       output_hook=id)
     finally: kc.stop_channels()
     if reply["content"]["status"] != "ok": raise RuntimeError(f"kernel: {reply['content'].get('evalue')}")
 
@@ -298,11 +324,11 @@ def _shutdown(km) -> None:
 
 # %% ../nbs/22_grid.ipynb #16df8e4d
 class WarmKernels:
-    "Up to `budget` kernels, each warmed in the background while a run executes, then handed to one run by `take`."
+    "Up to `budget` kernels, each warmed in the background while a run executes, then given to one (`take`)."
     def __init__(self, workers: int = 1, budget: int = 0):
         self.budget, self.started, self.pending, self.closed = budget, 0, 0, False
         self.ready, self.lock = queue.Queue(), threading.Lock()
-        self.starters = ThreadPoolExecutor(workers)  # long-lived: a kernel dies with the thread that started it
+        self.starters = ThreadPoolExecutor(workers)  # long-lived: a kernel dies with the thread starting it
 
     def _start(self):
         "A started, warmed kernel manager holding one end of a socket pair (`handover`) for its run's lock."
@@ -325,7 +351,7 @@ class WarmKernels:
 
 # %% ../nbs/22_grid.ipynb #a861268d
 def _take(self: WarmKernels):
-    "A warm kernel manager (the oldest warmed, else one started now); the next one starts warming if runs remain."
+    "A warm kernel manager (the oldest warmed, else one started now); the next starts warming if runs remain."
     with self.lock:
         wait = self.pending > 0
         self.pending -= wait
@@ -350,11 +376,12 @@ WarmKernels.take, WarmKernels.close = _take, _close
 def _hand_over(km, lock_fd: int, env: dict) -> None:
     "Give a warm kernel its run: the run's lock (sent over its socket pair) and environment."
     socket.send_fds(km.handover, [b"L"], [lock_fd])
-    _silent(km, f"(lambda s, o: (s.recv_fds(s.socket(fileno={km.handover_fd}), 1, 1), o.environ.update({env!r})))"
+    _silent(km, f"(lambda s, o: (s.recv_fds(s.socket(fileno={km.handover_fd}), 1, 1), "
+                f"o.environ.update({env!r})))"
                 "(__import__('socket'), __import__('os'))", timeout=60)
 
 def _kernel(kernels: WarmKernels | None, lock_fd: int, env: dict) -> dict:
-    "papermill's kernel arguments for a run: a warm kernel handed the run, else a class that starts a cold one."
+    "papermill's kernel arguments for a run: a warm kernel handed the run, else a class starting a cold one."
     if kernels is None: return dict(kernel_manager_class=run_kernel_manager(lock_fd, env))
     km = kernels.take()
     _hand_over(km, lock_fd, env)
@@ -366,12 +393,13 @@ def _keep_notebook(partial: Path, run_dir: Path) -> None:
     if partial.is_file(): move_into_place(partial, run_dir / "notebook.ipynb")
 
 def _fail(run_dir: Path, partial: Path, err: BaseException | str) -> str:
-    "Record a failed run, keeping its notebook; if even that cannot be written (a full disk), say so: it stays partial."
+    "Record a failed run and keep its notebook; if that cannot be written (full disk), say so: left partial."
     try:
         _keep_notebook(partial, run_dir)
         record_failure(run_dir, err)
     except OSError as e:
-        tqdm.write(f"vitp: cannot record the failure of {run_dir.name} ({e.strerror or e}): left partial, redone next time")
+        tqdm.write(f"vitp: cannot record the failure of {run_dir.name} ({e.strerror or e}): left partial, "
+                   "redone next time")
     return "failed"
 
 def _finish(run_dir: Path, partial: Path) -> str:
@@ -399,25 +427,29 @@ def run_state(run_dir: Path, code: dict) -> str:
 
 def _needs_run(state: str, retry_failed: bool, rerun_stale: bool) -> bool:
     "Whether a run in `state` executes: not done, nor failed (unless retried), nor stale (unless redone)."
-    return not (state == "done" or (state == "failed" and not retry_failed) or (state == "stale" and not rerun_stale))
+    return not (state == "done" or (state == "failed" and not retry_failed)
+                or (state == "stale" and not rerun_stale))
 
 # %% ../nbs/22_grid.ipynb #f773cfd2
 def execute_run(run: Run, root: str | Path, device: str = "cpu", notebooks: str | Path | None = None,
-                retry_failed: bool = False, rerun_stale: bool = False, kernels: WarmKernels | None = None) -> str:
-    "Execute `run` under `root` unless done, stale or locked; 'skipped', 'locked', 'done', 'failed' or 'abandoned'."
+                retry_failed: bool = False, rerun_stale: bool = False,
+                kernels: WarmKernels | None = None) -> str:
+    "Execute `run` under `root` unless done, stale or locked: skipped, locked, done, failed, abandoned."
     import papermill as pm
     run_dir, notebook = Path(root) / run.id, notebook_for(run.kind, notebooks)
     with RunLock(run_dir) as lock:
         if not lock.acquired: return "locked"
         status = run_state(run_dir, current_code(run.kind, notebooks))
         if not _needs_run(status, retry_failed, rerun_stale): return "skipped"
-        clear_run(run_dir)  # what a killed or failed attempt left, moved aside (`RunFolderError` if it cannot be)
-        partial, env = run_dir / ".notebook.partial.ipynb", {LAUNCHED_ENV: "1", NOTEBOOK_SHA_ENV: notebook_sha(notebook)}
+        clear_run(run_dir)  # what a killed or failed attempt left, moved aside (else `RunFolderError`)
+        partial = run_dir / ".notebook.partial.ipynb"
+        env = {LAUNCHED_ENV: "1", NOTEBOOK_SHA_ENV: notebook_sha(notebook)}
         kernel = {}
         try:
             kernel = _kernel(kernels, lock.fd, env)
+            params = {**run.params, "run_dir": str(run_dir), "device": device}
             pm.execute_notebook(str(notebook), str(partial), progress_bar=False, kernel_name="python3",
-                                parameters={**run.params, "run_dir": str(run_dir), "device": device}, **kernel)
+                                parameters=params, **kernel)
         except Exception as e:
             return "abandoned" if ABANDON.is_set() else _fail(run_dir, partial, e)
         finally:
@@ -434,7 +466,7 @@ def plan(spec: dict | str | Path, # a grid: its name, a YAML path, or the loaded
          rehearse: bool = False, # the grid's rehearsal: stand-in models, synthetic data, small sizes
          sample: int | None = None, # keep a stratified sample of this many runs (see the rehearsal notebook)
         ) -> tuple[list[Run], Path]:
-    "The runs of a grid (rehearsed, sampled) and the folder they live in: the one plan that run, status and report share."
+    "The runs of a grid (rehearsed, sampled) and their folder: the one plan run, status and report share."
     spec = spec if isinstance(spec, dict) else load_spec(spec)
     runs = expand(spec)
     if sample is not None: runs = sample_runs(runs, sample)
@@ -457,7 +489,7 @@ def _device_slots(devices: list[str], jobs: int | None) -> queue.Queue:
 
 # %% ../nbs/22_grid.ipynb #8b8cec9f
 def _stop_now(futures: dict, outcomes: dict) -> GridInterrupted:
-    "A second Ctrl-C: kill the kernels of the runs in flight (left partial, redone next time) and collect them."
+    "A second Ctrl-C: kill the kernels of the runs in flight (left partial, redone next time), collect them."
     ABANDON.set()
     _kill_kernels()
     for f, r in futures.items():
@@ -479,21 +511,25 @@ def _on_ctrl_c(futures: dict, outcomes: dict, collect) -> GridInterrupted:
 def run_local(runs: list[Run], root: Path, devices: list[str] = ("cpu",), jobs: int | None = None,
               notebooks: str | Path | None = None, retry_failed: bool = False, progress: bool = True,
               rerun_stale: bool = False, warm: bool = True) -> dict[str, str]:
-    "Execute `runs` on this machine, one worker per device slot; each run's outcome. Ctrl-C: `GridInterrupted`."
+    "Execute `runs` here, one worker per device slot; each run's outcome. Ctrl-C: `GridInterrupted`."
     slots, outcomes, kernels = _device_slots(list(devices), jobs), {}, None
     def work(run):
         device = slots.get()
         try: return execute_run(run, root, device, notebooks, retry_failed, rerun_stale, kernels)
-        except RunFolderError as e: tqdm.write(f"vitp: {e}"); return "blocked"
+        except RunFolderError as e:
+            tqdm.write(f"vitp: {e}")
+            return "blocked"
         finally: slots.put(device)
     todo = sum(_needs_run(run_state(root / r.id, current_code(r.kind, notebooks)), retry_failed, rerun_stale)
                for r in runs) if warm else 0
     kernels = WarmKernels(slots.qsize(), todo) if todo else None  # kernels warmed while runs execute
     ABANDON.clear()
-    with ThreadPoolExecutor(slots.qsize()) as pool, tqdm(total=len(runs), desc=root.name, disable=not progress) as bar:
+    bar = tqdm(total=len(runs), desc=root.name, disable=not progress)
+    with ThreadPoolExecutor(slots.qsize()) as pool, bar:
         def collect(f):
-            outcomes[futures[f].id] = f.result(); bar.update()
-            bar.set_postfix({k: sum(v == k for v in outcomes.values()) for k in ("done", "failed", "skipped")})
+            outcomes[futures[f].id] = f.result()
+            bar.update()
+            bar.set_postfix({k: list(outcomes.values()).count(k) for k in ("done", "failed", "skipped")})
         futures = {pool.submit(work, r): r for r in runs}
         try:
             for f in as_completed(futures): collect(f)
@@ -509,8 +545,9 @@ def _check_options(executor: str, jobs: int | None) -> None:
     if not (jobs is None or (isinstance(jobs, int) and not isinstance(jobs, bool) and jobs >= 1)):
         raise ValueError(f"jobs={jobs!r}: use a positive integer")
 
-def slurm_plan_settings(spec: dict, overrides: dict | None = None, rehearse: bool = False, check: bool = False):
-    "The SLURM settings of each kind of a grid (a function of the kind): the grid's slurm block, then `overrides`."
+def slurm_plan_settings(spec: dict, overrides: dict | None = None, rehearse: bool = False,
+                        check: bool = False):
+    "The SLURM settings of each kind of a grid (a function of the kind): its slurm block, then `overrides`."
     block = dict(spec.get("slurm", {}))
     if rehearse: block = {k: v for k, v in block.items() if k != "kinds"} | REHEARSAL_SLURM  # CPU, minutes
     settings = lambda kind: slurm_settings(block, kind, overrides)
@@ -527,8 +564,7 @@ def _task_device(devices: str | list[str]) -> str:
 def run_grid(spec: dict | str | Path, # a grid: its name, a YAML path, or the loaded specification
              jobs: int | None = None, # concurrent runs on this machine (default: one per device)
              devices: str | list[str] = "auto", # "auto" (every visible GPU, else the CPU), or names
-             executor: str = "local", # "local" or "slurm"
-             dry_run: bool = False, # plan and check names only; every run 'planned'
+             executor: str = "local", dry_run: bool = False, # "local" or "slurm"; dry_run: only plan, check
              root: str | Path | None = None, notebooks: str | Path | None = None, retry_failed: bool = False,
              rehearse: bool = False, # rehearse the grid (stand-ins, synthetic data, small sizes)
              sample: int | None = None, # a stratified sample of this many runs
@@ -548,7 +584,8 @@ def run_grid(spec: dict | str | Path, # a grid: its name, a YAML path, or the lo
     if rehearse: runs = prepare_rehearsal(runs)[0]  # synthetic copies of the datasets, generated once
     local = resolve_devices(devices) if executor == "local" else []
     preflight(runs, local, progress=progress)
-    if executor == "local": return run_local(runs, root, local, jobs, notebooks, retry_failed, progress, rerun_stale)
+    if executor == "local":
+        return run_local(runs, root, local, jobs, notebooks, retry_failed, progress, rerun_stale)
     state = lambda r: run_state(root / r.id, current_code(r.kind, notebooks))
     return run_slurm(runs, root, settings, execute_run, notebooks, retry_failed, _task_device(devices),
                      f"vitp-{spec['name']}", cluster, wait, 10.0 if cluster == "slurm" else 0.5, progress,

@@ -21,7 +21,7 @@ REHEARSAL_SIZES = {  # per experiment kind, the parameters a rehearsal shrinks, 
     "linear_probe": dict(batch_size=8),
     "bounds": dict(n_images=16),
 }
-_ROOTS = {"dataset": "data_root", "source": "source_root"}  # a dataset parameter and the parameter of its root
+_ROOTS = {"dataset": "data_root", "source": "source_root"}  # a dataset parameter, and that of its root
 
 def rehearsal_root(grid: str, root: str | Path | None = None) -> Path:
     "Folder of a grid's rehearsal runs: `root`, else `runs_root()/rehearsal/<grid>`, apart from real runs."
@@ -29,7 +29,7 @@ def rehearsal_root(grid: str, root: str | Path | None = None) -> Path:
 
 # %% ../nbs/21b_rehearsal.ipynb #4662e36d
 def _is_paper_dataset(name: str) -> bool:
-    "Whether `name` is one of the paper's datasets (rehearsed from a synthetic copy), not the offline benchmark's."
+    "Whether `name` is one of the paper's datasets (rehearsed from a synthetic copy), not the offline ones."
     from vit_plasticity.data import PAPER_DATASETS
     return name in PAPER_DATASETS
 
@@ -37,14 +37,15 @@ def rehearsal_params(kind: str, params: dict, data_root: str | Path) -> dict:
     "The parameters of `kind`'s run rehearsed: stand-in model, synthetic data under `data_root`, small sizes."
     from vit_plasticity.models import STANDIN_PREFIX  # "rehearse:"
     p = {**params, **REHEARSAL_SIZES.get(kind, {})}
-    if "model" in p and not str(p["model"]).startswith(STANDIN_PREFIX): p["model"] = STANDIN_PREFIX + p["model"]
+    if "model" in p and not str(p["model"]).startswith(STANDIN_PREFIX):
+        p["model"] = STANDIN_PREFIX + p["model"]
     for key, root_key in _ROOTS.items():
         if key in p and _is_paper_dataset(p[key]): p[root_key] = str(data_root)
     return p
 
 # %% ../nbs/21b_rehearsal.ipynb #041f8ccf
 def rehearse_runs(runs: Sequence, data_root: str | Path) -> list:
-    "Each of `runs` (objects with `.kind` and `.params`, e.g. the grid's `Run`s) rehearsed, same type, same order."
+    "Each of `runs` (objects with `.kind` and `.params`: the grid's `Run`s) rehearsed, same type and order."
     return [type(r)(r.kind, rehearsal_params(r.kind, r.params, data_root)) for r in runs]
 
 def paper_datasets(runs: Iterable) -> list[str]:
@@ -71,28 +72,29 @@ def covering_sample(runs: Sequence, seed: int = 0) -> list[int]:
 
 # %% ../nbs/21b_rehearsal.ipynb #88acdd34
 def sample_runs(runs: Sequence, k: int, seed: int = 0) -> list:
-    "`k` of `runs`, in plan order, that together exercise every dataset, configuration, model, kind and optimiser."
+    "`k` of `runs`, in plan order, together exercising every dataset, configuration, model, kind, optimiser."
     if not (isinstance(k, int) and k >= 1): raise ValueError(f"sample={k!r}: use a positive number of runs")
     if k >= len(runs): return list(runs)
     cover = covering_sample(runs, seed)
     if len(cover) > k:
-        raise ValueError(f"a sample of {k} runs cannot exercise every dataset, configuration, model, kind and "
-                         f"optimiser of this plan: the smallest that does has {len(cover)}; use --sample {len(cover)}")
+        raise ValueError(f"a sample of {k} runs cannot exercise every dataset, configuration, model, kind "
+                         f"and optimiser of this plan: the smallest that does has {len(cover)}; "
+                         f"use --sample {len(cover)}")
     rest = [i for i in random.Random(seed + 1).sample(range(len(runs)), len(runs)) if i not in set(cover)]
     keep = set(cover) | set(rest[: k - len(cover)])
     return [r for i, r in enumerate(runs) if i in keep]
 
 # %% ../nbs/21b_rehearsal.ipynb #a3d3898e
-REHEARSAL_SLURM = dict(time=15, gpus_per_task=0, cpus_per_task=1, mem_gb=4)  # a rehearsal's tasks: CPU, minutes
+REHEARSAL_SLURM = dict(time=15, gpus_per_task=0, cpus_per_task=1, mem_gb=4)  # a rehearsal's tasks: a CPU
 
 def rehearsal_data_root(cache: str | Path | None = None) -> Path:
-    "Folder of the synthetic copies of the paper's datasets, in the cache (see `vit_plasticity.data.cache_dir`)."
+    "Folder of the synthetic copies of the paper's datasets, in the cache (`vit_plasticity.data.cache_dir`)."
     from vit_plasticity.data import cache_dir
     from vit_plasticity.synthetic import SYNTHETIC_VERSION
     return cache_dir(cache) / "rehearsal" / f"v{SYNTHETIC_VERSION}"
 
 def prepare_rehearsal(runs: Sequence, cache: str | Path | None = None) -> tuple[list, Path]:
-    "`runs` rehearsed, with the synthetic copies of the paper's datasets they read generated (once) in the cache."
+    "`runs` rehearsed, with the synthetic copies of the paper's datasets they read made (once) in the cache."
     from vit_plasticity.synthetic import ensure_synthetic
     root = ensure_synthetic(paper_datasets(runs), rehearsal_data_root(cache))
     return rehearse_runs(runs, root), root

@@ -43,6 +43,7 @@ NOTEBOOK_DEFAULTS = {  # the experiment notebooks' defaults of the parameters a 
     "bounds": {"model": "tiny-fmnist"},
 }
 
+# %% ../nbs/16_stats.ipynb #941056df
 def code_version(run_dir: str | Path) -> str:
     "The code a run ran, `git_commit/notebook_sha/library_sha` from env.json's `code` entry, else 'unknown'."
     try:
@@ -173,6 +174,7 @@ def accuracy_table(best: pd.DataFrame, model: str, opt: str, column: str = "test
     keep = sub["test_mean"].unstack("train").dropna().index
     return sub[column].unstack("train").loc[keep]
 
+# %% ../nbs/16_stats.ipynb #c2ea5e59
 def model_opts(best: pd.DataFrame) -> list[tuple[str, str]]:
     "The (model, optimiser) pairs of a best-LR table, sorted."
     return sorted(set(best.index.droplevel(["dataset", "train"])), key=str)
@@ -182,6 +184,7 @@ def paper_error_bars(std: pd.DataFrame, n_seeds: int = 3) -> pd.Series:
     "The paper's error bars of the dataset-average accuracy: √(mean over datasets of std²) / √n_seeds."
     return np.sqrt((std.astype(float) ** 2).mean()) / math.sqrt(n_seeds)
 
+# %% ../nbs/16_stats.ipynb #781f2382
 def pooled_se(std: pd.DataFrame, n_seeds: int) -> pd.Series:
     "The project's standard error of the dataset-average accuracy: sqrt(Σ_d std_d² / n_seeds) / D."
     return np.sqrt((std.astype(float) ** 2 / n_seeds).sum()) / len(std)
