@@ -29,8 +29,9 @@ from .stats import (COMPONENT_ORDER, MIN_DATASETS, PROBES, Results, compute_resu
 # %% auto #0
 __all__ = ['grid_results', 'ranking_verdict', 'trend_sentence', 'paired_sentence', 'md_table', 'ordered', 'main_table',
            'facet_axes', 'plot_plasticity', 'plot_plasticity_depth', 'plot_bounds', 'plot_bars', 'plot_robustness',
-           'plot_training_dynamics', 'FigureItem', 'report_sections', 'render_markdown', 'show_section', 'write_files',
-           'execute_results_notebook', 'write_report', 'report_folder', 'load_results', 'summary_text']
+           'plot_training_dynamics', 'FigureItem', 'edge_sentence', 'report_sections', 'render_markdown',
+           'show_section', 'write_files', 'execute_results_notebook', 'write_report', 'report_folder', 'load_results',
+           'summary_text']
 
 # %% ../nbs/23_analysis.ipynb #9bbf3339
 def _title(spec: dict, rehearse: bool) -> tuple[str, str]:
@@ -371,12 +372,22 @@ def _bounds_section(res: Results) -> list:
     return ["## Theoretical bounds", *out] if out else []
 
 # %% ../nbs/23_analysis.ipynb #afc0afce
+def edge_sentence(best: pd.DataFrame, select: str) -> str:
+    "Which cells' best LR (chosen on `select`) sits at an edge of its grid, as a sentence."
+    at = best[best.get("edge", pd.Series("", index=best.index)).fillna("").ne("")]
+    if at.empty:
+        return f"Every best LR chosen on {select} accuracy lies inside its grid."
+    cells = ", ".join(f"{d}/{t} ({r.lr:g}, {r.edge})" for (_, _, d, t), r in at.iterrows())
+    return f"**Best LR at an edge of its grid** (chosen on {select}; the optimum may lie outside): {cells}."
+
 def _table_lines(res: Results, m: str, o: str) -> list:
     "The best-LR tables of one model and optimiser: LR chosen on test accuracy (the paper's), then on valid."
+    mine = lambda b: b.xs((m, o), level=["model", "opt"], drop_level=False)
     return [f"### {m} ({o})", "Best-LR test accuracy (%), mean ± population std over the seeds, the LR "
             "chosen on **test** accuracy as the paper does (an empty cell says why no LR qualified):",
-            md_table(main_table(res, m, o)), "The same with the LR chosen on **validation** accuracy:",
-            md_table(main_table(res, m, o, "valid"))]
+            md_table(main_table(res, m, o)), edge_sentence(mine(res.best), "test"),
+            "The same with the LR chosen on **validation** accuracy:",
+            md_table(main_table(res, m, o, "valid")), edge_sentence(mine(res.best_valid), "validation")]
 
 # %% ../nbs/23_analysis.ipynb #c1182596
 def _averages(res: Results) -> pd.DataFrame:

@@ -22,11 +22,11 @@ from .runs import read_run
 
 # %% auto #0
 __all__ = ['COMPONENT_ORDER', 'MATCHED', 'COMPONENT_SETS', 'PROBES', 'CELL', 'NOTEBOOK_DEFAULTS', 'MIN_DATASETS', 'code_version',
-           'read_runs', 'read_tables', 'component_summaries', 'seed_cells', 'best_lr', 'accuracy_table', 'model_opts',
-           'paper_error_bars', 'pooled_se', 'average_accuracy', 'probe_table', 'probe_accuracy', 'relative_gain',
-           'gains', 'lr_gap', 'ablation_table', 'paired_tests', 'paper_main_table', 'paired_table', 'spearman_null',
-           'mean_rho_test', 'page_trend', 'trend_table', 'check_bounds', 'code_versions', 'training_dynamics',
-           'headline_table', 'Results', 'compute_results']
+           'read_runs', 'read_tables', 'component_summaries', 'seed_cells', 'lr_edge', 'best_lr', 'accuracy_table',
+           'model_opts', 'paper_error_bars', 'pooled_se', 'average_accuracy', 'probe_table', 'probe_accuracy',
+           'relative_gain', 'gains', 'lr_gap', 'ablation_table', 'paired_tests', 'paper_main_table', 'paired_table',
+           'spearman_null', 'mean_rho_test', 'page_trend', 'trend_table', 'check_bounds', 'code_versions',
+           'training_dynamics', 'headline_table', 'Results', 'compute_results']
 
 # %% ../nbs/16_stats.ipynb #6e0ce2fa
 COMPONENT_ORDER = ("MHA", "FC1", "FC2", "LN2", "LN1")  # theoretical rank 1..5 (1 = most plastic)
@@ -148,6 +148,16 @@ def _best_row(g: pd.DataFrame) -> dict:
     counts = {"n_seeds": g["n_seeds"].max(), "n_planned": g["n_planned"].max(), "complete": False}
     return {"lr": np.nan, **counts, "n_diverged": g["n_diverged"].sum(), **lrs, "reason": _why_none(g)}
 
+# %% ../nbs/16_stats.ipynb #d78455e7
+def lr_edge(best_lrs: pd.Series,  # per cell (model, opt, dataset, train), its best LR (NaN: none)
+            cells: pd.DataFrame,  # output of `seed_cells`: every LR planned per cell
+           ) -> pd.Series:
+    "'low' or 'high' where a cell's best LR is the smallest or largest of its (>= 3) planned LRs, else ''."
+    grid = cells[cells["lr"] > 0].groupby(CELL, dropna=False)["lr"].agg(["min", "max", "nunique"])
+    grid = grid.reindex(best_lrs.index)
+    edge = np.where(best_lrs.eq(grid["min"]), "low", np.where(best_lrs.eq(grid["max"]), "high", ""))
+    return pd.Series(np.where(grid["nunique"].ge(3), edge, ""), index=best_lrs.index, name="edge")
+
 # %% ../nbs/16_stats.ipynb #0c2ed8ef
 def best_lr(cells: pd.DataFrame,  # output of `seed_cells`
             select: str = "test",  # the LR with the best seed-mean 'test' accuracy (the paper's) or 'valid'
@@ -163,7 +173,8 @@ def best_lr(cells: pd.DataFrame,  # output of `seed_cells`
     ok &= cells["lr"].gt(0) | allow_zero_lr
     c = cells.assign(eligible=ok, key=cells[f"{select}_mean"].where(ok)).sort_values([*CELL, "lr"])
     rows = [{**dict(zip(CELL, k)), **_best_row(g)} for k, g in c.groupby(CELL, dropna=False)]
-    return pd.DataFrame(rows, columns=[*CELL, *_BEST_COLUMNS]).set_index(CELL)
+    best = pd.DataFrame(rows, columns=[*CELL, *_BEST_COLUMNS]).set_index(CELL)
+    return best.assign(edge=lr_edge(best["lr"], cells))
 
 # %% ../nbs/16_stats.ipynb #d05e32d8
 def accuracy_table(best: pd.DataFrame, model: str, opt: str, column: str = "test_mean") -> pd.DataFrame:
