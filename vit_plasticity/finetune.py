@@ -29,12 +29,12 @@ from fastcore.basics import GetAttr, store_attr
 from torch import nn
 
 from .components import check_vit, family_of, num_classes, set_trainable
-from .plasticity import check_device
+from .plasticity import PRECISIONS, check_device
 
 # %% auto #0
 __all__ = ['opt_func', 'warmup_cosine', 'clamp_warmup', 'StepLoader', 'StepBudgetCB', 'WarmupCosineCB', 'StepLogCB', 'EvalCB',
-           'load_params', 'DivergenceCB', 'ThroughputCB', 'LogitsOf', 'selective_learner', 'run_history', 'reset_head',
-           'evaluate', 'seed_run', 'finetune']
+           'load_params', 'DivergenceCB', 'ThroughputCB', 'AutocastCB', 'LogitsOf', 'selective_learner', 'run_history',
+           'reset_head', 'evaluate', 'seed_run', 'finetune']
 
 # %% ../nbs/13_finetune.ipynb #10a654bd
 def _integer(name: str, v, low: int) -> int:
@@ -202,6 +202,33 @@ def _amp_cbs(mixed_precision: bool | str, device: torch.device = torch.device("c
                          "call model.cuda()")
     return [MixedPrecision(mode)]
 
+# %% ../nbs/13_finetune.ipynb #0b217019
+class AutocastCB(Callback):
+    "Forward pass and loss under `torch.autocast` in `dtype` on the model's device; fp32 weights, fp32 logits."
+    order = MixedPrecision.order  # where fastai's mixed precision runs: before clipping and logging
+    def __init__(self, dtype: torch.dtype = torch.bfloat16): self.dtype, self.ctx = dtype, None
+    def before_batch(self):
+        self.ctx = torch.autocast(next(self.model.parameters()).device.type, self.dtype)
+        self.ctx.__enter__()
+    def after_pred(self): self.learn.pred = self.pred.float()
+    def after_loss(self): self._leave()
+    def after_batch(self): self._leave()  # a batch cancelled before its loss
+    def _leave(self):
+        if self.ctx is not None: self.ctx.__exit__(None, None, None)
+        self.ctx = None
+
+# %% ../nbs/13_finetune.ipynb #379cf6fe
+def _precision_cbs(precision: str, mixed_precision: bool | str = False) -> list[Callback]:
+    "`AutocastCB` for precision 'bf16', nothing for 'fp32'; a `ValueError` naming anything else."
+    if not (isinstance(precision, str) and precision in PRECISIONS):
+        raise ValueError(f"precision={precision!r}: pass 'fp32' (the paper's) or 'bf16' (autocast on the "
+                         "model's device, fp32 weights)")
+    if precision == "fp32": return []
+    if mixed_precision is not False:
+        raise ValueError(f"precision={precision!r} and mixed_precision={mixed_precision!r} both ask for autocast: "
+                         "pass one of them (precision='bf16' works on any device)")
+    return [AutocastCB(PRECISIONS[precision])]
+
 # %% ../nbs/13_finetune.ipynb #c864fae3
 def _describe(b) -> str:
     "What a batch is, in a few words, for an error message."
@@ -261,7 +288,7 @@ def _check_model(model: nn.Module) -> nn.Module:
     check_device(None, vit)
     if bad := {p.dtype for p in vit.parameters() if p.dtype != torch.float32}:
         raise ValueError(f"the model has {bad} parameters but trains in fp32 (the paper's): call "
-                         "model.float(), and pass mixed_precision for fp16 or bf16 compute on a GPU")
+                         "model.float(), and pass precision='bf16' for bf16 compute (fp32 weights)")
     if not num_classes(vit) >= 1:
         fam = family_of(vit)
         fix = ("load it with `load_vit(name, num_classes=dls.c)`" if fam.returns_tensor else
@@ -273,7 +300,7 @@ def _check_model(model: nn.Module) -> nn.Module:
 
 # %% ../nbs/13_finetune.ipynb #4cf80081
 def _check_learner_args(model, dls, train, lr, n_steps, warmup_steps, opt, eval_period, final_eval, clip,
-                        grad_accum, mixed_precision, wd, layers, train_head, cbs) -> None:
+                        grad_accum, mixed_precision, wd, layers, train_head, cbs, precision="fp32") -> None:
     "Every argument of `selective_learner` (same names), checked before any work."
     vit = _check_model(model)
     _check_dls(dls, num_classes(vit))
@@ -289,6 +316,7 @@ def _check_learner_args(model, dls, train, lr, n_steps, warmup_steps, opt, eval_
     if clip is not None: _number("clip", clip, strict=True, other=", or None for no clipping")
     opt_func(opt, wd)
     _amp_cbs(mixed_precision, next(vit.parameters()).device)
+    _precision_cbs(precision, mixed_precision)
     is_cb = lambda c: isinstance(c, Callback) or (isinstance(c, type) and issubclass(c, Callback))
     if not (cbs is None or isinstance(cbs, Iterable) and all(is_cb(c) for c in cbs)):
         raise TypeError(f"cbs={cbs!r}: pass a list of fastai callbacks")
@@ -329,13 +357,14 @@ def selective_learner(model: nn.Module, # a supported ViT (see `check_vit`), its
                       layers: Iterable[int] | None = None, # blocks whose components train (None: all, the paper's)
                       train_head: bool = True, # train the head and final norm (the paper: always)
                       cbs: list[Callback] | None = None, # extra callbacks
+                      precision: str = "fp32", # "fp32" (the paper's) or "bf16" (autocast on the device)
                      ) -> Learner:
     "A plain fastai `Learner` that trains exactly configuration `train` of `model` with the paper's optimisation."
     _check_learner_args(**locals())  # the arguments: no other name is bound yet
     check = partial(_check_batch, role="dls.train", n_classes=num_classes(model))  # every batch served
     step_dls = DataLoaders(StepLoader(dls.train, check=check), dls.valid, path=getattr(dls, "path", "."))
     schedule = WarmupCosineCB(lr, n_steps, clamp_warmup(warmup_steps, n_steps))
-    amp = _amp_cbs(mixed_precision, next(model.parameters()).device)
+    amp = _amp_cbs(mixed_precision, next(model.parameters()).device) + _precision_cbs(precision, mixed_precision)
     cbs = [StepBudgetCB(n_steps, eval_period, grad_accum, final_eval), schedule, StepLogCB(clip), EvalCB(),
            DivergenceCB(), ThroughputCB(), *amp, *(cbs or [])]
     return Learner(step_dls, _logits_model(model), loss_func=nn.CrossEntropyLoss(),
