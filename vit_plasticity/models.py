@@ -16,6 +16,7 @@ from urllib.parse import urlparse
 import timm
 import torch
 from safetensors import safe_open
+from safetensors.torch import load_file
 from timm.models import PretrainedCfg, get_deprecated_models, get_pretrained_cfg, parse_model_name
 from torch import nn
 
@@ -247,10 +248,33 @@ def _base_overlay(name: str, weights: str | Path | None) -> tuple[dict, dict]:
                    std=tuple(rec["data"]["std"]), input_size=(arch["in_chans"], arch["img_size"], arch["img_size"]))
     return overlay, arch
 
+# %% ../nbs/20_models.ipynb #ef381b33
+def _mapped_state_dict(path: str | Path) -> dict[str, torch.Tensor] | None:
+    "The tensors of a weights file, memory-mapped (read when used); None for a format that cannot be mapped."
+    path = Path(path)
+    if path.suffix == ".safetensors": return load_file(path)
+    if not zipfile.is_zipfile(path): return None
+    sd = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    return {k.removeprefix("module."): v for k, v in _unwrap(sd).items() if isinstance(v, torch.Tensor)}
+
+def _assigned(src: str, overlay: dict, **kwargs) -> nn.Module | None:
+    "The model built on the meta device, the file's tensors assigned as its weights; None if they do not fit."
+    with torch.device("meta"):
+        model = timm.create_model(src, pretrained=False, pretrained_cfg_overlay=overlay, **kwargs)
+    want, sd = model.state_dict(), _mapped_state_dict(overlay["file"])
+    if sd is None or set(sd) != set(want) or any(sd[k].shape != v.shape for k, v in want.items()): return None
+    if len(want) != len(list(model.parameters())) + len(list(model.buffers())): return None  # non-persistent
+    model.load_state_dict({k: v.to(want[k].dtype) for k, v in sd.items()}, assign=True)
+    return model
+
 # %% ../nbs/20_models.ipynb #8cb91751
 def _create(name: str, src: str, cfg, overlay: dict | None, cache_dir, **kwargs) -> nn.Module:
     "`timm.create_model` of `src`, turning load failures into the project's errors."
     if overlay is None: return timm.create_model(src, pretrained=False, **kwargs)
+    if "file" in overlay:
+        try: model = _assigned(src, overlay, **kwargs)
+        except Exception: model = None  # timm's path below names what is wrong with the file
+        if model is not None: return model
     try: return timm.create_model(src, pretrained=True, pretrained_cfg_overlay=overlay, cache_dir=cache_dir,
                                   **kwargs)
     except Exception as e:
