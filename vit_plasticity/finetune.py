@@ -34,7 +34,7 @@ from .plasticity import PRECISIONS, check_device
 # %% auto #0
 __all__ = ['opt_func', 'warmup_cosine', 'clamp_warmup', 'StepLoader', 'StepBudgetCB', 'WarmupCosineCB', 'StepLogCB', 'EvalCB',
            'load_params', 'DivergenceCB', 'ThroughputCB', 'AutocastCB', 'LogitsOf', 'selective_learner', 'run_history',
-           'reset_head', 'evaluate', 'seed_run', 'finetune']
+           'reset_head', 'evaluate', 'seed_run', 'pin_loaders', 'finetune']
 
 # %% ../nbs/13_finetune.ipynb #10a654bd
 def _integer(name: str, v, low: int) -> int:
@@ -86,7 +86,9 @@ class StepLoader(GetAttr):
         for _ in range(self.n): yield self._next()
     def _next(self):
         b = next(self._it, None)
-        if b is None: self._it = iter(self.dl); b = next(self._it, None)
+        if b is None:
+            self._it = iter(self.dl)
+            b = next(self._it, None)
         if b is None: raise ValueError("the training DataLoader yields no batch")
         if self.check is not None: self.check(b)
         return b
@@ -429,6 +431,16 @@ def seed_run(seed: int, dl: Iterable | None = None) -> None:
     "Seed Python, NumPy and PyTorch (fastai's `set_seed`) and, if `dl` is a fastai `DataLoader`, its shuffling."
     set_seed(_integer("seed", seed, 0), reproducible=True)
     if isinstance(getattr(dl, "rng", None), random.Random): dl.rng = random.Random(seed)
+
+# %% ../nbs/13_finetune.ipynb #6560119a
+def pin_loaders(dls: DataLoaders, # fastai loaders, e.g. `vit_plasticity.data.dataloaders(name)`
+                pin_memory: bool = True, # page-locked batches (only where CUDA is available)
+               ) -> DataLoaders: # `dls`, changed in place
+    "Set `pin_memory` on every loader of `dls` (page-locked batches, faster copies to a GPU); off without CUDA."
+    if not isinstance(pin_memory, bool): raise ValueError(f"pin_memory={pin_memory!r}: pass True or False")
+    on = pin_memory and torch.cuda.is_available()
+    for dl in dls.loaders: dl.pin_memory = dl.fake_l.pin_memory = on
+    return dls
 
 # %% ../nbs/13_finetune.ipynb #707fb96a
 def finetune(model: nn.Module, # a supported ViT, head sized to the task; left holding the best parameters

@@ -157,7 +157,8 @@ def _rebatch(chunks: Iterable[torch.Tensor], bs: int) -> Iterator[torch.Tensor]:
     "Regroup a stream of batches into batches of exactly `bs` (the last one possibly shorter, never empty)."
     buf, n = [], 0
     for c in chunks:
-        buf.append(c); n += len(c)
+        buf.append(c)
+        n += len(c)
         if n < bs: continue
         xb = torch.cat(buf) if len(buf) > 1 else buf[0]
         full = n // bs * bs
