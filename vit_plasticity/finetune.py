@@ -77,7 +77,8 @@ def clamp_warmup(warmup_steps: int, n_steps: int) -> int:
 
 # %% ../nbs/13_finetune.ipynb #550bab54
 class StepLoader(GetAttr):
-    "An endless stream of batches from `dl`, restarted (so reshuffled) when it runs out, served `n` per iteration."
+    """An endless stream of batches from `dl`, restarted (so reshuffled) when it runs out, served `n` per
+    iteration."""
     _default = "dl"
     def __init__(self, dl: Iterable, n: int = 1, check: Callable | None = None):  # check(b) raises on a bad b
         self.dl, self.n, self.check, self._it = dl, n, check, iter(())
@@ -96,7 +97,8 @@ class StepLoader(GetAttr):
 # %% ../nbs/13_finetune.ipynb #a4238722
 class StepBudgetCB(Callback):
     "Serve `eval_period` steps of `grad_accum` micro-batches per fastai epoch; stop at exactly `n_steps`."
-    order = MixedPrecision.order - 4  # before mixed precision and clipping (fastai's GradientAccumulation's place)
+    # before mixed precision and clipping (fastai's GradientAccumulation's place)
+    order = MixedPrecision.order - 4
     def __init__(self, n_steps: int, eval_period: int, grad_accum: int = 1, final_eval: bool = False):
         store_attr()
         self.fitting = False
@@ -113,12 +115,14 @@ class StepBudgetCB(Callback):
     def after_loss(self):
         if self.training: self.learn.loss_grad = self.loss_grad / self.grad_accum
     def before_step(self):
-        if (self.iter + 1) % self.grad_accum: raise CancelBatchException()  # keep accumulating: no step, no zero_grad
+        # keep accumulating: no step, no zero_grad
+        if (self.iter + 1) % self.grad_accum: raise CancelBatchException()
     def after_step(self): self.learn.opt_step += 1
 
 # %% ../nbs/13_finetune.ipynb #bea09919
 class WarmupCosineCB(Callback):
-    "Before each training batch, set the learning rate of the coming optimiser step (`warmup_cosine`); nothing else."
+    """Before each training batch, set the learning rate of the coming optimiser step (`warmup_cosine`);
+    nothing else."""
     order = StepBudgetCB.order + 1
     def __init__(self, peak_lr: float, n_steps: int, warmup_steps: int): store_attr()
     def before_batch(self):
@@ -135,7 +139,8 @@ class StepLogCB(Callback):
         if self.training: self.losses.append(self.loss.item())
     def before_step(self):
         params = [p for group in self.opt.param_lists for p in group]
-        self.grad_norm = nn.utils.clip_grad_norm_(params, self.clip or math.inf).item()  # the norm before clipping
+        # the norm before clipping
+        self.grad_norm = nn.utils.clip_grad_norm_(params, self.clip or math.inf).item()
     def after_step(self):
         hypers = self.opt.hypers[0]
         self.rows.append(dict(step=self.opt_step, lr=hypers["lr"], mom=hypers["mom"], grad_norm=self.grad_norm,
@@ -144,7 +149,8 @@ class StepLogCB(Callback):
 
 # %% ../nbs/13_finetune.ipynb #b19baf43
 class EvalCB(Callback):
-    "Validation loss and accuracy after each fastai epoch; keep the trained parameters with the best accuracy."
+    """Validation loss and accuracy after each fastai epoch; keep the trained parameters with the best
+    accuracy."""
     def before_fit(self): self.rows, self.best_acc, self.best_step, self.best = [], -math.inf, None, None
     def before_validate(self): self.loss_sum, self.correct, self.n = 0.0, 0, 0
     def after_batch(self):
@@ -375,7 +381,8 @@ def selective_learner(model: nn.Module, # a supported ViT (see `check_vit`), its
 
 # %% ../nbs/13_finetune.ipynb #a851a113
 def run_history(learn: Learner) -> pd.DataFrame:
-    "One row per optimiser step (step, lr, mom, grad_norm, train_loss), with valid_loss and valid_acc where validated."
+    """One row per optimiser step (step, lr, mom, grad_norm, train_loss), with valid_loss and valid_acc where
+    validated."""
     steps = pd.DataFrame(learn.step_log_cb.rows, columns=["step", "lr", "mom", "grad_norm", "train_loss"])
     evals = pd.DataFrame(learn.eval_cb.rows, columns=["step", "valid_loss", "valid_acc"])
     return steps.merge(evals, on="step", how="outer").sort_values("step", ignore_index=True)
@@ -436,7 +443,8 @@ def seed_run(seed: int, dl: Iterable | None = None) -> None:
 def pin_loaders(dls: DataLoaders, # fastai loaders, e.g. `vit_plasticity.data.dataloaders(name)`
                 pin_memory: bool = True, # page-locked batches (only where CUDA is available)
                ) -> DataLoaders: # `dls`, changed in place
-    "Set `pin_memory` on every loader of `dls` (page-locked batches, faster copies to a GPU); off without CUDA."
+    """Set `pin_memory` on every loader of `dls` (page-locked batches, faster copies to a GPU); off without
+    CUDA."""
     if not isinstance(pin_memory, bool): raise ValueError(f"pin_memory={pin_memory!r}: pass True or False")
     on = pin_memory and torch.cuda.is_available()
     for dl in dls.loaders: dl.pin_memory = dl.fake_l.pin_memory = on

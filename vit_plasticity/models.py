@@ -32,7 +32,8 @@ __all__ = ['PRESETS', 'PAPER_PRESETS', 'PAPER_LN_EPS', 'STANDIN_PREFIX', 'TINY_V
 PRESETS = {"vit-b16": "vit_base_patch16_224.orig_in21k",  # the paper's main model
            "vit-l16": "vit_large_patch16_224.orig_in21k",  # model-size ablation
            "vit-h14": "vit_huge_patch14_224.orig_in21k",   # model-size ablation
-           "tiny-fmnist": "vit_tiny_patch16_224"}          # the offline benchmark's source model; sized by its recipe
+           # the offline benchmark's source model; sized by its recipe
+           "tiny-fmnist": "vit_tiny_patch16_224"}
 PAPER_PRESETS = ("vit-b16", "vit-l16", "vit-h14")  # the paper's checkpoints (section "LayerNorm eps")
 PAPER_LN_EPS = 1e-12  # LayerNorm eps of the paper's (Hugging Face) port; timm's ViTs use 1e-6
 STANDIN_PREFIX = "rehearse:"  # "rehearse:vit-b16": a random tiny stand-in of vit-b16 (section "Stand-ins")
@@ -157,7 +158,8 @@ def _unwrap(sd: dict) -> dict:
 
 def weight_shapes(path: str | Path, # a `.safetensors` file or a `torch.save`d state dict (`.pth`, `.pt`, `.bin`)
                  ) -> dict[str, tuple[int, ...]]: # parameter name -> shape
-    "The tensor shapes in a weights file, read without loading the tensors; `WeightsFileError` naming it if unreadable."
+    """The tensor shapes in a weights file, read without loading the tensors; `WeightsFileError` naming it if
+    unreadable."""
     path = Path(path)
     try:
         if path.suffix == ".safetensors":
@@ -227,7 +229,8 @@ def _hub_overlay(name: str, timm_name: str, cfg, cache_dir: str | Path | None) -
     return {}
 
 # %% ../nbs/20_models.ipynb #4f32486c
-TINY_VIT_FILE = Path(str(resources.files("vit_plasticity") / "assets" / "tiny_vit_fmnist.safetensors"))  # the shipped tiny ViT
+# the shipped tiny ViT
+TINY_VIT_FILE = Path(str(resources.files("vit_plasticity") / "assets" / "tiny_vit_fmnist.safetensors"))
 
 def tiny_recipe(path: str | Path | None = None, # a tiny-ViT weights file (default: the shipped one)
                ) -> dict:                        # its JSON record
@@ -240,7 +243,8 @@ def tiny_recipe(path: str | Path | None = None, # a tiny-ViT weights file (defau
 
 # %% ../nbs/20_models.ipynb #3c75f711
 def _base_overlay(name: str, weights: str | Path | None) -> tuple[dict, dict]:
-    "timm `pretrained_cfg_overlay` and `create_model` kwargs of the tiny ViT (nothing for published checkpoints)."
+    """timm `pretrained_cfg_overlay` and `create_model` kwargs of the tiny ViT (nothing for published
+    checkpoints)."""
     if name != "tiny-fmnist": return {}, {}
     rec = tiny_recipe(weights)
     arch = {k: v for k, v in rec["architecture"].items() if k not in ("timm_name", "ln_eps")}
@@ -298,7 +302,8 @@ def load_vit(name: str,                     # preset, timm name, 'hf-hub:<repo>'
     if not isinstance(pretrained, bool): raise ValueError(f"pretrained={pretrained!r}: pass True or False")
     timm_name, num_classes = check_model_name(name, cache_dir), _check_num_classes(num_classes)
     eps = _ln_eps(ln_eps, name)
-    if name.startswith(STANDIN_PREFIX): return standin_vit(name, num_classes, ln_eps)  # a rehearsal's stand-in
+    # a rehearsal's stand-in
+    if name.startswith(STANDIN_PREFIX): return standin_vit(name, num_classes, ln_eps)
     base, kw = _base_overlay(name, weights)
     src = _timm_source(name, timm_name, cache_dir, weights=pretrained and weights is None)
     cfg, overlay = _pretrained_cfg(name, src, timm_name, cache_dir), None
@@ -314,7 +319,8 @@ def load_vit(name: str,                     # preset, timm name, 'hf-hub:<repo>'
 def check_weights(name: str, # a preset, a timm name, 'hf-hub:<repo>', 'local-dir:<folder>' or a stand-in
                   cache_dir: str | Path | None = None, # Hugging Face cache (default $HF_HOME/hub)
                  ) -> str: # "stand-in", "shipped", "local", "cached" or "download"
-    "Where `load_vit(name)` will find weights; `WeightsUnavailableError` (as `load_vit` raises it) if nowhere."
+    """Where `load_vit(name)` will find weights; `WeightsUnavailableError` (as `load_vit` raises it) if
+    nowhere."""
     timm_name = check_model_name(name, cache_dir)
     if name.startswith(STANDIN_PREFIX): return "stand-in"
     if name == "tiny-fmnist":
@@ -328,7 +334,8 @@ def check_weights(name: str, # a preset, a timm name, 'hf-hub:<repo>', 'local-di
 
 # %% ../nbs/20_models.ipynb #239f705e
 def fetch_weights(name: str, cache_dir: str | Path | None = None) -> str:
-    "Download the published weights of `name` into the Hugging Face cache unless there; returns `check_weights`."
+    """Download the published weights of `name` into the Hugging Face cache unless there; returns
+    `check_weights`."""
     where = check_weights(name, cache_dir)
     if where == "download":
         from huggingface_hub import hf_hub_download
@@ -342,7 +349,8 @@ def fetch_weights(name: str, cache_dir: str | Path | None = None) -> str:
 STANDIN_DEPTH, STANDIN_HEAD_DIM = 2, 4  # blocks and features per head of a stand-in
 
 def _architecture(name: str) -> dict:
-    "Class-defining sizes of `name` (patch, image size, channels, heads), read from a meta-device model: no memory."
+    """Class-defining sizes of `name` (patch, image size, channels, heads), read from a meta-device model: no
+    memory."""
     if name == "tiny-fmnist":
         a = tiny_recipe()["architecture"]
         return dict(patch_size=a["patch_size"], img_size=a["img_size"], in_chans=a["in_chans"], num_heads=a["num_heads"])

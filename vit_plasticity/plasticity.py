@@ -51,16 +51,20 @@ def _proj_input(attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
     raise TypeError(f"{type(attn).__name__} never calls its output projection: MHA must end with it")
 
 # %% ../nbs/11_plasticity.ipynb #94daf8a1
-_CHUNK_ROWS = 1024  # token rows per chunk of pairs for MHA and FC1 (memory only: the numbers do not depend on it)
+# token rows per chunk of pairs for MHA and FC1 (memory only: the numbers do not depend on it)
+_CHUNK_ROWS = 1024
 
 def _chunked(fn, x: torch.Tensor, y: torch.Tensor, rows: int = _CHUNK_ROWS) -> torch.Tensor:
-    "fn(x_c, y_c) -> (b,) on chunks of whole pairs of at most `rows` token rows (one pair at least), concatenated: (B,)"
-    k = max(1, min(len(x), math.ceil(x.shape[0] * x.shape[1] / rows)))  # number of chunks, of near-equal sizes
+    """fn(x_c, y_c) -> (b,) on chunks of whole pairs of at most `rows` token rows (one pair at least),
+    concatenated: (B,)"""
+    # number of chunks, of near-equal sizes
+    k = max(1, min(len(x), math.ceil(x.shape[0] * x.shape[1] / rows)))
     return torch.cat([fn(xc, yc) for xc, yc in zip(x.tensor_split(k), y.tensor_split(k))])
 
 # %% ../nbs/11_plasticity.ipynb #05ab553c
 def _ln_distance(ln: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    "‖ln(x) - ln(y)‖_F per pair, the difference taken in place (unless `ln` returns its input, as an identity does)."
+    """‖ln(x) - ln(y)‖_F per pair, the difference taken in place (unless `ln` returns its input, as an
+    identity does)."""
     d = ln(x).float()  # a no-op in fp32; under bf16 the difference is taken in fp32
     return _fro(d - ln(y) if d is x else d.sub_(ln(y)))
 
@@ -73,7 +77,8 @@ def _mha_distance(mha: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Ten
 
 # %% ../nbs/11_plasticity.ipynb #dcdaf124
 def _paper_layer(f: dict[str, nn.Module], x: torch.Tensor, y: torch.Tensor, rows: int = _CHUNK_ROWS) -> torch.Tensor:
-    "Output distances (B, 5) of LN1, MHA, LN2, FC1, FC2 of one block `f`, each fed the embeddings x, y. (B, n, d)"
+    """Output distances (B, 5) of LN1, MHA, LN2, FC1, FC2 of one block `f`, each fed the embeddings x, y. (B,
+    n, d)"""
     ln1, ln2 = _ln_distance(f["LN1"], x, y), _ln_distance(f["LN2"], x, y)
     w1, w2 = f["FC1"].weight, f["FC2"].weight[:, : x.shape[-1]]  # a `Component`'s built once, not per chunk
     mha_d = _chunked(lambda xc, yc: _mha_distance(f["MHA"], xc, yc), x, y, rows)                  # (6)
@@ -214,7 +219,8 @@ def _pairs(source: torch.Tensor | Iterable, target: torch.Tensor | Iterable, bs:
 
 # %% ../nbs/11_plasticity.ipynb #142c9844
 def _check_fits(model: nn.Module, xb: torch.Tensor, role: str) -> torch.Tensor:
-    "`xb`, a batch already checked by `_images`, if `model` takes images of its channels and size; else a `ValueError`."
+    """`xb`, a batch already checked by `_images`, if `model` takes images of its channels and size; else a
+    `ValueError`."""
     want = family_of(check_vit(model)).input_shape(model)  # (C,) or (C, H, W) when the size is fixed
     if tuple(xb.shape[1:1 + len(want)]) != tuple(want):
         raise ValueError(f"{role} are (C, H, W) = {tuple(xb.shape[1:])}, but the model takes {tuple(want)}: "
@@ -222,7 +228,8 @@ def _check_fits(model: nn.Module, xb: torch.Tensor, role: str) -> torch.Tensor:
     return xb
 
 def check_images(model: nn.Module, xb: torch.Tensor, role: str = "images") -> torch.Tensor:
-    "`xb` if it is a non-empty, finite, floating-point batch (B, C, H, W) that `model` takes, else a `ValueError` saying what to fix."
+    """`xb` if it is a non-empty, finite, floating-point batch (B, C, H, W) that `model` takes, else a
+    `ValueError` saying what to fix."""
     next(_images([xb], role))  # (B, C, H, W), floating point, finite
     if len(xb) == 0: raise ValueError(f"{role} is empty: pass at least one image")
     return _check_fits(model, xb, role)
@@ -336,7 +343,8 @@ def _check_pairing(source, target, n_pairs: int | None, bs: int, pairing: str) -
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}  # fp32: the paper's; bf16: autocast
 
 def check_dtype(dtype: torch.dtype | str) -> torch.dtype:
-    "`dtype` as a torch dtype if it is fp32 or bf16 (a dtype or its short name), else a `ValueError` naming it."
+    """`dtype` as a torch dtype if it is fp32 or bf16 (a dtype or its short name), else a `ValueError` naming
+    it."""
     if isinstance(dtype, str) and dtype in PRECISIONS: return PRECISIONS[dtype]
     if isinstance(dtype, torch.dtype) and dtype in PRECISIONS.values(): return dtype
     raise ValueError(f"dtype={dtype!r}: pass torch.float32 ('fp32', the paper's) or torch.bfloat16 ('bf16': "
@@ -397,7 +405,8 @@ def measure_plasticity(
     progress: bool = True,  # show a progress bar over the batches
     dtype: torch.dtype | str = torch.float32,  # torch.float32 (the paper's) or torch.bfloat16 (autocast)
 ) -> pd.DataFrame:  # one row per (pair, layer, component): pair, layer, component, d_in, d_out, ratio
-    "Plasticity ratios ‖f(x)-f(y)‖_F / ‖x-y‖_F of LN1, MHA, LN2, FC1, FC2 in every block, for each image pair."
+    """Plasticity ratios ‖f(x)-f(y)‖_F / ‖x-y‖_F of LN1, MHA, LN2, FC1, FC2 in every block, for each image
+    pair."""
     dev = _check_arguments(model, source, target, protocol, n_pairs, batch_size, pairing, device, dtype)
     comps = [block_components(model, l) for l in range(n_blocks(model))]
     if protocol == "paper": _check_zero_pad(comps)
@@ -518,7 +527,8 @@ def plot_plasticity_boxplot(
     log: bool = False,  # logarithmic y axis
     showfliers: bool = False,  # draw layers beyond the whiskers as points (the authors' figures hide them)
 ) -> Figure:
-    "Boxplot of the per-layer plasticity of each component, x = theoretical rank 1..5 (MHA .. LN1), paper colours."
+    """Boxplot of the per-layer plasticity of each component, x = theoretical rank 1..5 (MHA .. LN1), paper
+    colours."""
     means = _per_layer(data, what="plot_plasticity_boxplot")
     comps = sorted(THEORETICAL_RANK, key=THEORETICAL_RANK.get)
     fig, ax = plt.subplots(figsize=(5, 3.5))
@@ -538,7 +548,8 @@ def plot_plasticity_depth(
     title: str | None = None,  # what the data ran on
     log: bool = False,  # logarithmic y axis
 ) -> Figure:
-    "Per-layer mean plasticity against layer depth (%) with its 95% CI band, one line per component, paper colours."
+    """Per-layer mean plasticity against layer depth (%) with its 95% CI band, one line per component, paper
+    colours."""
     needed = ("component", "depth", "mean", "ci")
     ls = _per_layer(data, _as_list(facet or ()), needed, "plot_plasticity_depth")
     panels = list(ls.groupby(facet, sort=False)) if facet else [(None, ls)]
