@@ -103,7 +103,7 @@ class Row:
     ok: bool | None    # pass, fail, or None for a reported-only figure
 
     @property
-    def verdict(self) -> str: return "—" if self.ok is None else "PASS" if self.ok else "FAIL"
+    def verdict(self) -> str: return "—" if self.ok is None else "PASS" if self.ok else "SHORT"
 
 
 def fmt_value(v: float | None) -> str:

@@ -29,12 +29,12 @@ from fastcore.basics import GetAttr, store_attr
 from torch import nn
 
 from .components import check_vit, family_of, num_classes, set_trainable
-from .plasticity import check_device
+from .plasticity import PRECISIONS, check_device
 
 # %% auto #0
 __all__ = ['opt_func', 'warmup_cosine', 'clamp_warmup', 'StepLoader', 'StepBudgetCB', 'WarmupCosineCB', 'StepLogCB', 'EvalCB',
-           'load_params', 'DivergenceCB', 'ThroughputCB', 'LogitsOf', 'selective_learner', 'run_history', 'reset_head',
-           'evaluate', 'seed_run', 'finetune']
+           'load_params', 'DivergenceCB', 'ThroughputCB', 'AutocastCB', 'LogitsOf', 'selective_learner', 'run_history',
+           'reset_head', 'evaluate', 'seed_run', 'pin_loaders', 'finetune']
 
 # %% ../nbs/13_finetune.ipynb #10a654bd
 def _integer(name: str, v, low: int) -> int:
@@ -77,7 +77,8 @@ def clamp_warmup(warmup_steps: int, n_steps: int) -> int:
 
 # %% ../nbs/13_finetune.ipynb #550bab54
 class StepLoader(GetAttr):
-    "An endless stream of batches from `dl`, restarted (so reshuffled) when it runs out, served `n` per iteration."
+    """An endless stream of batches from `dl`, restarted (so reshuffled) when it runs out, served `n` per
+    iteration."""
     _default = "dl"
     def __init__(self, dl: Iterable, n: int = 1, check: Callable | None = None):  # check(b) raises on a bad b
         self.dl, self.n, self.check, self._it = dl, n, check, iter(())
@@ -86,7 +87,9 @@ class StepLoader(GetAttr):
         for _ in range(self.n): yield self._next()
     def _next(self):
         b = next(self._it, None)
-        if b is None: self._it = iter(self.dl); b = next(self._it, None)
+        if b is None:
+            self._it = iter(self.dl)
+            b = next(self._it, None)
         if b is None: raise ValueError("the training DataLoader yields no batch")
         if self.check is not None: self.check(b)
         return b
@@ -94,7 +97,8 @@ class StepLoader(GetAttr):
 # %% ../nbs/13_finetune.ipynb #a4238722
 class StepBudgetCB(Callback):
     "Serve `eval_period` steps of `grad_accum` micro-batches per fastai epoch; stop at exactly `n_steps`."
-    order = MixedPrecision.order - 4  # before mixed precision and clipping (fastai's GradientAccumulation's place)
+    # before mixed precision and clipping (fastai's GradientAccumulation's place)
+    order = MixedPrecision.order - 4
     def __init__(self, n_steps: int, eval_period: int, grad_accum: int = 1, final_eval: bool = False):
         store_attr()
         self.fitting = False
@@ -111,12 +115,14 @@ class StepBudgetCB(Callback):
     def after_loss(self):
         if self.training: self.learn.loss_grad = self.loss_grad / self.grad_accum
     def before_step(self):
-        if (self.iter + 1) % self.grad_accum: raise CancelBatchException()  # keep accumulating: no step, no zero_grad
+        # keep accumulating: no step, no zero_grad
+        if (self.iter + 1) % self.grad_accum: raise CancelBatchException()
     def after_step(self): self.learn.opt_step += 1
 
 # %% ../nbs/13_finetune.ipynb #bea09919
 class WarmupCosineCB(Callback):
-    "Before each training batch, set the learning rate of the coming optimiser step (`warmup_cosine`); nothing else."
+    """Before each training batch, set the learning rate of the coming optimiser step (`warmup_cosine`);
+    nothing else."""
     order = StepBudgetCB.order + 1
     def __init__(self, peak_lr: float, n_steps: int, warmup_steps: int): store_attr()
     def before_batch(self):
@@ -133,7 +139,8 @@ class StepLogCB(Callback):
         if self.training: self.losses.append(self.loss.item())
     def before_step(self):
         params = [p for group in self.opt.param_lists for p in group]
-        self.grad_norm = nn.utils.clip_grad_norm_(params, self.clip or math.inf).item()  # the norm before clipping
+        # the norm before clipping
+        self.grad_norm = nn.utils.clip_grad_norm_(params, self.clip or math.inf).item()
     def after_step(self):
         hypers = self.opt.hypers[0]
         self.rows.append(dict(step=self.opt_step, lr=hypers["lr"], mom=hypers["mom"], grad_norm=self.grad_norm,
@@ -142,7 +149,8 @@ class StepLogCB(Callback):
 
 # %% ../nbs/13_finetune.ipynb #b19baf43
 class EvalCB(Callback):
-    "Validation loss and accuracy after each fastai epoch; keep the trained parameters with the best accuracy."
+    """Validation loss and accuracy after each fastai epoch; keep the trained parameters with the best
+    accuracy."""
     def before_fit(self): self.rows, self.best_acc, self.best_step, self.best = [], -math.inf, None, None
     def before_validate(self): self.loss_sum, self.correct, self.n = 0.0, 0, 0
     def after_batch(self):
@@ -201,6 +209,33 @@ def _amp_cbs(mixed_precision: bool | str, device: torch.device = torch.device("c
         raise ValueError(f"mixed precision needs the model on a CUDA GPU, but it is on {device}: "
                          "call model.cuda()")
     return [MixedPrecision(mode)]
+
+# %% ../nbs/13_finetune.ipynb #0b217019
+class AutocastCB(Callback):
+    "Forward pass and loss under `torch.autocast` in `dtype` on the model's device; fp32 weights, fp32 logits."
+    order = MixedPrecision.order  # where fastai's mixed precision runs: before clipping and logging
+    def __init__(self, dtype: torch.dtype = torch.bfloat16): self.dtype, self.ctx = dtype, None
+    def before_batch(self):
+        self.ctx = torch.autocast(next(self.model.parameters()).device.type, self.dtype)
+        self.ctx.__enter__()
+    def after_pred(self): self.learn.pred = self.pred.float()
+    def after_loss(self): self._leave()
+    def after_batch(self): self._leave()  # a batch cancelled before its loss
+    def _leave(self):
+        if self.ctx is not None: self.ctx.__exit__(None, None, None)
+        self.ctx = None
+
+# %% ../nbs/13_finetune.ipynb #379cf6fe
+def _precision_cbs(precision: str, mixed_precision: bool | str = False) -> list[Callback]:
+    "`AutocastCB` for precision 'bf16', nothing for 'fp32'; a `ValueError` naming anything else."
+    if not (isinstance(precision, str) and precision in PRECISIONS):
+        raise ValueError(f"precision={precision!r}: pass 'fp32' (the paper's) or 'bf16' (autocast on the "
+                         "model's device, fp32 weights)")
+    if precision == "fp32": return []
+    if mixed_precision is not False:
+        raise ValueError(f"precision={precision!r} and mixed_precision={mixed_precision!r} both ask for autocast: "
+                         "pass one of them (precision='bf16' works on any device)")
+    return [AutocastCB(PRECISIONS[precision])]
 
 # %% ../nbs/13_finetune.ipynb #c864fae3
 def _describe(b) -> str:
@@ -261,7 +296,7 @@ def _check_model(model: nn.Module) -> nn.Module:
     check_device(None, vit)
     if bad := {p.dtype for p in vit.parameters() if p.dtype != torch.float32}:
         raise ValueError(f"the model has {bad} parameters but trains in fp32 (the paper's): call "
-                         "model.float(), and pass mixed_precision for fp16 or bf16 compute on a GPU")
+                         "model.float(), and pass precision='bf16' for bf16 compute (fp32 weights)")
     if not num_classes(vit) >= 1:
         fam = family_of(vit)
         fix = ("load it with `load_vit(name, num_classes=dls.c)`" if fam.returns_tensor else
@@ -273,7 +308,7 @@ def _check_model(model: nn.Module) -> nn.Module:
 
 # %% ../nbs/13_finetune.ipynb #4cf80081
 def _check_learner_args(model, dls, train, lr, n_steps, warmup_steps, opt, eval_period, final_eval, clip,
-                        grad_accum, mixed_precision, wd, layers, train_head, cbs) -> None:
+                        grad_accum, mixed_precision, wd, layers, train_head, cbs, precision="fp32") -> None:
     "Every argument of `selective_learner` (same names), checked before any work."
     vit = _check_model(model)
     _check_dls(dls, num_classes(vit))
@@ -289,6 +324,7 @@ def _check_learner_args(model, dls, train, lr, n_steps, warmup_steps, opt, eval_
     if clip is not None: _number("clip", clip, strict=True, other=", or None for no clipping")
     opt_func(opt, wd)
     _amp_cbs(mixed_precision, next(vit.parameters()).device)
+    _precision_cbs(precision, mixed_precision)
     is_cb = lambda c: isinstance(c, Callback) or (isinstance(c, type) and issubclass(c, Callback))
     if not (cbs is None or isinstance(cbs, Iterable) and all(is_cb(c) for c in cbs)):
         raise TypeError(f"cbs={cbs!r}: pass a list of fastai callbacks")
@@ -329,13 +365,14 @@ def selective_learner(model: nn.Module, # a supported ViT (see `check_vit`), its
                       layers: Iterable[int] | None = None, # blocks whose components train (None: all, the paper's)
                       train_head: bool = True, # train the head and final norm (the paper: always)
                       cbs: list[Callback] | None = None, # extra callbacks
+                      precision: str = "fp32", # "fp32" (the paper's) or "bf16" (autocast on the device)
                      ) -> Learner:
     "A plain fastai `Learner` that trains exactly configuration `train` of `model` with the paper's optimisation."
     _check_learner_args(**locals())  # the arguments: no other name is bound yet
     check = partial(_check_batch, role="dls.train", n_classes=num_classes(model))  # every batch served
     step_dls = DataLoaders(StepLoader(dls.train, check=check), dls.valid, path=getattr(dls, "path", "."))
     schedule = WarmupCosineCB(lr, n_steps, clamp_warmup(warmup_steps, n_steps))
-    amp = _amp_cbs(mixed_precision, next(model.parameters()).device)
+    amp = _amp_cbs(mixed_precision, next(model.parameters()).device) + _precision_cbs(precision, mixed_precision)
     cbs = [StepBudgetCB(n_steps, eval_period, grad_accum, final_eval), schedule, StepLogCB(clip), EvalCB(),
            DivergenceCB(), ThroughputCB(), *amp, *(cbs or [])]
     return Learner(step_dls, _logits_model(model), loss_func=nn.CrossEntropyLoss(),
@@ -344,7 +381,8 @@ def selective_learner(model: nn.Module, # a supported ViT (see `check_vit`), its
 
 # %% ../nbs/13_finetune.ipynb #a851a113
 def run_history(learn: Learner) -> pd.DataFrame:
-    "One row per optimiser step (step, lr, mom, grad_norm, train_loss), with valid_loss and valid_acc where validated."
+    """One row per optimiser step (step, lr, mom, grad_norm, train_loss), with valid_loss and valid_acc where
+    validated."""
     steps = pd.DataFrame(learn.step_log_cb.rows, columns=["step", "lr", "mom", "grad_norm", "train_loss"])
     evals = pd.DataFrame(learn.eval_cb.rows, columns=["step", "valid_loss", "valid_acc"])
     return steps.merge(evals, on="step", how="outer").sort_values("step", ignore_index=True)
@@ -400,6 +438,17 @@ def seed_run(seed: int, dl: Iterable | None = None) -> None:
     "Seed Python, NumPy and PyTorch (fastai's `set_seed`) and, if `dl` is a fastai `DataLoader`, its shuffling."
     set_seed(_integer("seed", seed, 0), reproducible=True)
     if isinstance(getattr(dl, "rng", None), random.Random): dl.rng = random.Random(seed)
+
+# %% ../nbs/13_finetune.ipynb #6560119a
+def pin_loaders(dls: DataLoaders, # fastai loaders, e.g. `vit_plasticity.data.dataloaders(name)`
+                pin_memory: bool = True, # page-locked batches (only where CUDA is available)
+               ) -> DataLoaders: # `dls`, changed in place
+    """Set `pin_memory` on every loader of `dls` (page-locked batches, faster copies to a GPU); off without
+    CUDA."""
+    if not isinstance(pin_memory, bool): raise ValueError(f"pin_memory={pin_memory!r}: pass True or False")
+    on = pin_memory and torch.cuda.is_available()
+    for dl in dls.loaders: dl.pin_memory = dl.fake_l.pin_memory = on
+    return dls
 
 # %% ../nbs/13_finetune.ipynb #707fb96a
 def finetune(model: nn.Module, # a supported ViT, head sized to the task; left holding the best parameters

@@ -16,6 +16,7 @@ from urllib.parse import urlparse
 import timm
 import torch
 from safetensors import safe_open
+from safetensors.torch import load_file
 from timm.models import PretrainedCfg, get_deprecated_models, get_pretrained_cfg, parse_model_name
 from torch import nn
 
@@ -31,7 +32,8 @@ __all__ = ['PRESETS', 'PAPER_PRESETS', 'PAPER_LN_EPS', 'STANDIN_PREFIX', 'TINY_V
 PRESETS = {"vit-b16": "vit_base_patch16_224.orig_in21k",  # the paper's main model
            "vit-l16": "vit_large_patch16_224.orig_in21k",  # model-size ablation
            "vit-h14": "vit_huge_patch14_224.orig_in21k",   # model-size ablation
-           "tiny-fmnist": "vit_tiny_patch16_224"}          # the offline benchmark's source model; sized by its recipe
+           # the offline benchmark's source model; sized by its recipe
+           "tiny-fmnist": "vit_tiny_patch16_224"}
 PAPER_PRESETS = ("vit-b16", "vit-l16", "vit-h14")  # the paper's checkpoints (section "LayerNorm eps")
 PAPER_LN_EPS = 1e-12  # LayerNorm eps of the paper's (Hugging Face) port; timm's ViTs use 1e-6
 STANDIN_PREFIX = "rehearse:"  # "rehearse:vit-b16": a random tiny stand-in of vit-b16 (section "Stand-ins")
@@ -156,7 +158,8 @@ def _unwrap(sd: dict) -> dict:
 
 def weight_shapes(path: str | Path, # a `.safetensors` file or a `torch.save`d state dict (`.pth`, `.pt`, `.bin`)
                  ) -> dict[str, tuple[int, ...]]: # parameter name -> shape
-    "The tensor shapes in a weights file, read without loading the tensors; `WeightsFileError` naming it if unreadable."
+    """The tensor shapes in a weights file, read without loading the tensors; `WeightsFileError` naming it if
+    unreadable."""
     path = Path(path)
     try:
         if path.suffix == ".safetensors":
@@ -226,7 +229,8 @@ def _hub_overlay(name: str, timm_name: str, cfg, cache_dir: str | Path | None) -
     return {}
 
 # %% ../nbs/20_models.ipynb #4f32486c
-TINY_VIT_FILE = Path(str(resources.files("vit_plasticity") / "assets" / "tiny_vit_fmnist.safetensors"))  # the shipped tiny ViT
+# the shipped tiny ViT
+TINY_VIT_FILE = Path(str(resources.files("vit_plasticity") / "assets" / "tiny_vit_fmnist.safetensors"))
 
 def tiny_recipe(path: str | Path | None = None, # a tiny-ViT weights file (default: the shipped one)
                ) -> dict:                        # its JSON record
@@ -239,7 +243,8 @@ def tiny_recipe(path: str | Path | None = None, # a tiny-ViT weights file (defau
 
 # %% ../nbs/20_models.ipynb #3c75f711
 def _base_overlay(name: str, weights: str | Path | None) -> tuple[dict, dict]:
-    "timm `pretrained_cfg_overlay` and `create_model` kwargs of the tiny ViT (nothing for published checkpoints)."
+    """timm `pretrained_cfg_overlay` and `create_model` kwargs of the tiny ViT (nothing for published
+    checkpoints)."""
     if name != "tiny-fmnist": return {}, {}
     rec = tiny_recipe(weights)
     arch = {k: v for k, v in rec["architecture"].items() if k not in ("timm_name", "ln_eps")}
@@ -247,10 +252,33 @@ def _base_overlay(name: str, weights: str | Path | None) -> tuple[dict, dict]:
                    std=tuple(rec["data"]["std"]), input_size=(arch["in_chans"], arch["img_size"], arch["img_size"]))
     return overlay, arch
 
+# %% ../nbs/20_models.ipynb #ef381b33
+def _mapped_state_dict(path: str | Path) -> dict[str, torch.Tensor] | None:
+    "The tensors of a weights file, memory-mapped (read when used); None for a format that cannot be mapped."
+    path = Path(path)
+    if path.suffix == ".safetensors": return load_file(path)
+    if not zipfile.is_zipfile(path): return None
+    sd = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    return {k.removeprefix("module."): v for k, v in _unwrap(sd).items() if isinstance(v, torch.Tensor)}
+
+def _assigned(src: str, overlay: dict, **kwargs) -> nn.Module | None:
+    "The model built on the meta device, the file's tensors assigned as its weights; None if they do not fit."
+    with torch.device("meta"):
+        model = timm.create_model(src, pretrained=False, pretrained_cfg_overlay=overlay, **kwargs)
+    want, sd = model.state_dict(), _mapped_state_dict(overlay["file"])
+    if sd is None or set(sd) != set(want) or any(sd[k].shape != v.shape for k, v in want.items()): return None
+    if len(want) != len(list(model.parameters())) + len(list(model.buffers())): return None  # non-persistent
+    model.load_state_dict({k: v.to(want[k].dtype) for k, v in sd.items()}, assign=True)
+    return model
+
 # %% ../nbs/20_models.ipynb #8cb91751
 def _create(name: str, src: str, cfg, overlay: dict | None, cache_dir, **kwargs) -> nn.Module:
     "`timm.create_model` of `src`, turning load failures into the project's errors."
     if overlay is None: return timm.create_model(src, pretrained=False, **kwargs)
+    if "file" in overlay:
+        try: model = _assigned(src, overlay, **kwargs)
+        except Exception: model = None  # timm's path below names what is wrong with the file
+        if model is not None: return model
     try: return timm.create_model(src, pretrained=True, pretrained_cfg_overlay=overlay, cache_dir=cache_dir,
                                   **kwargs)
     except Exception as e:
@@ -274,7 +302,8 @@ def load_vit(name: str,                     # preset, timm name, 'hf-hub:<repo>'
     if not isinstance(pretrained, bool): raise ValueError(f"pretrained={pretrained!r}: pass True or False")
     timm_name, num_classes = check_model_name(name, cache_dir), _check_num_classes(num_classes)
     eps = _ln_eps(ln_eps, name)
-    if name.startswith(STANDIN_PREFIX): return standin_vit(name, num_classes, ln_eps)  # a rehearsal's stand-in
+    # a rehearsal's stand-in
+    if name.startswith(STANDIN_PREFIX): return standin_vit(name, num_classes, ln_eps)
     base, kw = _base_overlay(name, weights)
     src = _timm_source(name, timm_name, cache_dir, weights=pretrained and weights is None)
     cfg, overlay = _pretrained_cfg(name, src, timm_name, cache_dir), None
@@ -290,7 +319,8 @@ def load_vit(name: str,                     # preset, timm name, 'hf-hub:<repo>'
 def check_weights(name: str, # a preset, a timm name, 'hf-hub:<repo>', 'local-dir:<folder>' or a stand-in
                   cache_dir: str | Path | None = None, # Hugging Face cache (default $HF_HOME/hub)
                  ) -> str: # "stand-in", "shipped", "local", "cached" or "download"
-    "Where `load_vit(name)` will find weights; `WeightsUnavailableError` (as `load_vit` raises it) if nowhere."
+    """Where `load_vit(name)` will find weights; `WeightsUnavailableError` (as `load_vit` raises it) if
+    nowhere."""
     timm_name = check_model_name(name, cache_dir)
     if name.startswith(STANDIN_PREFIX): return "stand-in"
     if name == "tiny-fmnist":
@@ -304,7 +334,8 @@ def check_weights(name: str, # a preset, a timm name, 'hf-hub:<repo>', 'local-di
 
 # %% ../nbs/20_models.ipynb #239f705e
 def fetch_weights(name: str, cache_dir: str | Path | None = None) -> str:
-    "Download the published weights of `name` into the Hugging Face cache unless there; returns `check_weights`."
+    """Download the published weights of `name` into the Hugging Face cache unless there; returns
+    `check_weights`."""
     where = check_weights(name, cache_dir)
     if where == "download":
         from huggingface_hub import hf_hub_download
@@ -318,7 +349,8 @@ def fetch_weights(name: str, cache_dir: str | Path | None = None) -> str:
 STANDIN_DEPTH, STANDIN_HEAD_DIM = 2, 4  # blocks and features per head of a stand-in
 
 def _architecture(name: str) -> dict:
-    "Class-defining sizes of `name` (patch, image size, channels, heads), read from a meta-device model: no memory."
+    """Class-defining sizes of `name` (patch, image size, channels, heads), read from a meta-device model: no
+    memory."""
     if name == "tiny-fmnist":
         a = tiny_recipe()["architecture"]
         return dict(patch_size=a["patch_size"], img_size=a["img_size"], in_chans=a["in_chans"], num_heads=a["num_heads"])

@@ -23,8 +23,9 @@ from .components import (block_components, check_vit, embed, family_of, hook_com
                                        n_blocks, out_projection, parts_of)
 
 # %% auto #0
-__all__ = ['THEORETICAL_RANK', 'COMPONENT_COLORS', 'PROTOCOLS', 'PAIRINGS', 'check_images', 'check_device', 'measure_plasticity',
-           'naive_plasticity', 'layer_summary', 'component_summary', 'plot_plasticity_boxplot', 'plot_plasticity_depth']
+__all__ = ['THEORETICAL_RANK', 'COMPONENT_COLORS', 'PROTOCOLS', 'PAIRINGS', 'PRECISIONS', 'check_images', 'check_device',
+           'check_dtype', 'measure_plasticity', 'naive_plasticity', 'layer_summary', 'component_summary',
+           'plot_plasticity_boxplot', 'plot_plasticity_depth']
 
 # %% ../nbs/11_plasticity.ipynb #d0b1253b
 THEORETICAL_RANK = {"MHA": 1, "FC1": 2, "FC2": 3, "LN2": 4, "LN1": 5}  # the paper's: 1 = most plastic
@@ -33,8 +34,8 @@ PROTOCOLS = ("paper", "in_situ")  # what each component is fed: see the next two
 
 # %% ../nbs/11_plasticity.ipynb #66e6e575
 def _fro(t: torch.Tensor) -> torch.Tensor:
-    "Frobenius norm of each token matrix in a batch: (B, n, d) -> (B,)."
-    return torch.linalg.vector_norm(t, dim=(1, 2))
+    "Frobenius norm of each token matrix in a batch, accumulated in fp32 at least: (B, n, d) -> (B,)."
+    return torch.linalg.vector_norm(t, dim=(1, 2), dtype=torch.promote_types(t.dtype, torch.float32))
 
 # %% ../nbs/11_plasticity.ipynb #fb50ab15
 class _ProjInput(Exception):
@@ -50,29 +51,34 @@ def _proj_input(attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
     raise TypeError(f"{type(attn).__name__} never calls its output projection: MHA must end with it")
 
 # %% ../nbs/11_plasticity.ipynb #94daf8a1
-_CHUNK_ROWS = 1024  # token rows per chunk of pairs for MHA and FC1 (memory only: the numbers do not depend on it)
+# token rows per chunk of pairs for MHA and FC1 (memory only: the numbers do not depend on it)
+_CHUNK_ROWS = 1024
 
 def _chunked(fn, x: torch.Tensor, y: torch.Tensor, rows: int = _CHUNK_ROWS) -> torch.Tensor:
-    "fn(x_c, y_c) -> (b,) on chunks of whole pairs of at most `rows` token rows (one pair at least), concatenated: (B,)"
-    k = max(1, min(len(x), math.ceil(x.shape[0] * x.shape[1] / rows)))  # number of chunks, of near-equal sizes
+    """fn(x_c, y_c) -> (b,) on chunks of whole pairs of at most `rows` token rows (one pair at least),
+    concatenated: (B,)"""
+    # number of chunks, of near-equal sizes
+    k = max(1, min(len(x), math.ceil(x.shape[0] * x.shape[1] / rows)))
     return torch.cat([fn(xc, yc) for xc, yc in zip(x.tensor_split(k), y.tensor_split(k))])
 
 # %% ../nbs/11_plasticity.ipynb #05ab553c
 def _ln_distance(ln: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    "‖ln(x) - ln(y)‖_F per pair, the difference taken in place (unless `ln` returns its input, as an identity does)."
-    d = ln(x)
+    """‖ln(x) - ln(y)‖_F per pair, the difference taken in place (unless `ln` returns its input, as an
+    identity does)."""
+    d = ln(x).float()  # a no-op in fp32; under bf16 the difference is taken in fp32
     return _fro(d - ln(y) if d is x else d.sub_(ln(y)))
 
 def _mha_distance(mha: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     "‖MHA(x) - MHA(y)‖_F per pair through (6): one projection of z_x - z_y (times its LayerScale, if any)."
-    z = _proj_input(mha, x)
+    z = _proj_input(mha, x).float()  # the difference in fp32 (under bf16, z_x and z_y are bf16)
     z -= _proj_input(mha, y)
     out, scale = F.linear(z, out_projection(mha).weight), parts_of(mha)[1]
     return _fro(out if scale is None else out * scale)
 
 # %% ../nbs/11_plasticity.ipynb #dcdaf124
 def _paper_layer(f: dict[str, nn.Module], x: torch.Tensor, y: torch.Tensor, rows: int = _CHUNK_ROWS) -> torch.Tensor:
-    "Output distances (B, 5) of LN1, MHA, LN2, FC1, FC2 of one block `f`, each fed the embeddings x, y. (B, n, d)"
+    """Output distances (B, 5) of LN1, MHA, LN2, FC1, FC2 of one block `f`, each fed the embeddings x, y. (B,
+    n, d)"""
     ln1, ln2 = _ln_distance(f["LN1"], x, y), _ln_distance(f["LN2"], x, y)
     w1, w2 = f["FC1"].weight, f["FC2"].weight[:, : x.shape[-1]]  # a `Component`'s built once, not per chunk
     mha_d = _chunked(lambda xc, yc: _mha_distance(f["MHA"], xc, yc), x, y, rows)                  # (6)
@@ -96,11 +102,11 @@ def _in_situ_batch(model: nn.Module, comps: list[dict[str, nn.Module]], a: torch
     d_in = a.new_zeros((B, len(comps), 5))
     d_out, ran = d_in.clone(), torch.zeros(len(comps), 5, dtype=torch.bool)
     def record_input(l, c):
-        def hook(x): d_in[:, l, c], ran[l, c] = _fro(x[:B] - x[B:]), True
+        def hook(x): d_in[:, l, c], ran[l, c] = _fro(x[:B].float() - x[B:]), True
         return hook
     def record_output(l, c):  # a component of several parts (a gated FC1): the norm of the concatenation
         def hook(k, y):
-            d = _fro(y[:B] - y[B:])
+            d = _fro(y[:B].float() - y[B:])
             d_out[:, l, c] = d if k == 0 else torch.hypot(d_out[:, l, c], d)
         return hook
     handles = [h for l, f in enumerate(comps) for c, m in enumerate(f.values())
@@ -156,7 +162,8 @@ def _rebatch(chunks: Iterable[torch.Tensor], bs: int) -> Iterator[torch.Tensor]:
     "Regroup a stream of batches into batches of exactly `bs` (the last one possibly shorter, never empty)."
     buf, n = [], 0
     for c in chunks:
-        buf.append(c); n += len(c)
+        buf.append(c)
+        n += len(c)
         if n < bs: continue
         xb = torch.cat(buf) if len(buf) > 1 else buf[0]
         full = n // bs * bs
@@ -212,7 +219,8 @@ def _pairs(source: torch.Tensor | Iterable, target: torch.Tensor | Iterable, bs:
 
 # %% ../nbs/11_plasticity.ipynb #142c9844
 def _check_fits(model: nn.Module, xb: torch.Tensor, role: str) -> torch.Tensor:
-    "`xb`, a batch already checked by `_images`, if `model` takes images of its channels and size; else a `ValueError`."
+    """`xb`, a batch already checked by `_images`, if `model` takes images of its channels and size; else a
+    `ValueError`."""
     want = family_of(check_vit(model)).input_shape(model)  # (C,) or (C, H, W) when the size is fixed
     if tuple(xb.shape[1:1 + len(want)]) != tuple(want):
         raise ValueError(f"{role} are (C, H, W) = {tuple(xb.shape[1:])}, but the model takes {tuple(want)}: "
@@ -220,7 +228,8 @@ def _check_fits(model: nn.Module, xb: torch.Tensor, role: str) -> torch.Tensor:
     return xb
 
 def check_images(model: nn.Module, xb: torch.Tensor, role: str = "images") -> torch.Tensor:
-    "`xb` if it is a non-empty, finite, floating-point batch (B, C, H, W) that `model` takes, else a `ValueError` saying what to fix."
+    """`xb` if it is a non-empty, finite, floating-point batch (B, C, H, W) that `model` takes, else a
+    `ValueError` saying what to fix."""
     next(_images([xb], role))  # (B, C, H, W), floating point, finite
     if len(xb) == 0: raise ValueError(f"{role} is empty: pass at least one image")
     return _check_fits(model, xb, role)
@@ -263,12 +272,13 @@ def _check_parameters(model: nn.Module) -> None:
                          "load finite weights")
 
 @contextmanager
-def _measuring(model: nn.Module, dev: torch.device):
-    "Eval mode, inference mode and device `dev` inside; each module's mode and the model's device restored."
+def _measuring(model: nn.Module, dev: torch.device, dtype: torch.dtype = torch.float32):
+    "Eval and inference mode, device `dev`, bf16 autocast if `dtype` is bf16; modes and device restored."
     modes, home = [(m, m.training) for m in model.modules()], next(model.parameters()).device
     model.eval().to(dev)
     try:
-        with torch.inference_mode(): yield dev
+        with torch.inference_mode(), torch.autocast(dev.type, torch.bfloat16, enabled=dtype == torch.bfloat16):
+            yield dev
     finally:
         model.to(home)
         for m, mode in modes: m.training = mode
@@ -329,6 +339,17 @@ def _check_pairing(source, target, n_pairs: int | None, bs: int, pairing: str) -
     if pairing == "authors" and n_tgt and n_tgt < bs and wanted and min(wanted) > n_tgt:
         raise _short_target(n_tgt, bs)
 
+# %% ../nbs/11_plasticity.ipynb #2e102055
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}  # fp32: the paper's; bf16: autocast
+
+def check_dtype(dtype: torch.dtype | str) -> torch.dtype:
+    """`dtype` as a torch dtype if it is fp32 or bf16 (a dtype or its short name), else a `ValueError` naming
+    it."""
+    if isinstance(dtype, str) and dtype in PRECISIONS: return PRECISIONS[dtype]
+    if isinstance(dtype, torch.dtype) and dtype in PRECISIONS.values(): return dtype
+    raise ValueError(f"dtype={dtype!r}: pass torch.float32 ('fp32', the paper's) or torch.bfloat16 ('bf16': "
+                     "the model's forward under bf16 autocast, distances and ratios in fp32)")
+
 # %% ../nbs/11_plasticity.ipynb #c64bb986
 def _positive_int(name: str, v) -> int:
     "`v` if it is a positive integer (a bool is not), else a `ValueError` naming `name`."
@@ -336,8 +357,9 @@ def _positive_int(name: str, v) -> int:
     raise ValueError(f"{name} must be a positive integer, got {v!r}")
 
 def _check_arguments(model: nn.Module, source, target, protocol: str, n_pairs: int | None, batch_size: int,
-                     pairing: str, device) -> torch.device:
+                     pairing: str, device, dtype=torch.float32) -> torch.device:
     "Every argument of `measure_plasticity` checked before any work; the device to compute on."
+    check_dtype(dtype)
     check_vit(model)
     if protocol not in PROTOCOLS: raise ValueError(f"unknown protocol {protocol!r}; valid: {', '.join(PROTOCOLS)}")
     if pairing not in PAIRINGS: raise ValueError(f"unknown pairing {pairing!r}; valid: {', '.join(PAIRINGS)}")
@@ -381,15 +403,18 @@ def measure_plasticity(
     pairing: str = "authors",  # restart of a short target: "authors" (whole batches) or "cycle_all"
     device: str | torch.device | None = None,  # where to compute; default: the model's device
     progress: bool = True,  # show a progress bar over the batches
+    dtype: torch.dtype | str = torch.float32,  # torch.float32 (the paper's) or torch.bfloat16 (autocast)
 ) -> pd.DataFrame:  # one row per (pair, layer, component): pair, layer, component, d_in, d_out, ratio
-    "Plasticity ratios ‖f(x)-f(y)‖_F / ‖x-y‖_F of LN1, MHA, LN2, FC1, FC2 in every block, for each image pair."
-    dev = _check_arguments(model, source, target, protocol, n_pairs, batch_size, pairing, device)
+    """Plasticity ratios ‖f(x)-f(y)‖_F / ‖x-y‖_F of LN1, MHA, LN2, FC1, FC2 in every block, for each image
+    pair."""
+    dev = _check_arguments(model, source, target, protocol, n_pairs, batch_size, pairing, device, dtype)
     comps = [block_components(model, l) for l in range(n_blocks(model))]
     if protocol == "paper": _check_zero_pad(comps)
     batch_fn = {"paper": _paper_batch, "in_situ": _in_situ_batch}[protocol]
     batches = _pairs(source, target, batch_size, n_pairs, pairing)
     batches = tqdm(batches, total=_n_batches(source, n_pairs, batch_size), leave=False, disable=not progress)
-    with _measuring(model, dev): d_in, d_out, same = _distances(model, comps, batches, batch_fn, dev)
+    with _measuring(model, dev, check_dtype(dtype)):
+        d_in, d_out, same = _distances(model, comps, batches, batch_fn, dev)
     return _tidy(d_in, d_out, list(comps[0]), same)
 
 # %% ../nbs/11_plasticity.ipynb #d044254f
@@ -502,7 +527,8 @@ def plot_plasticity_boxplot(
     log: bool = False,  # logarithmic y axis
     showfliers: bool = False,  # draw layers beyond the whiskers as points (the authors' figures hide them)
 ) -> Figure:
-    "Boxplot of the per-layer plasticity of each component, x = theoretical rank 1..5 (MHA .. LN1), paper colours."
+    """Boxplot of the per-layer plasticity of each component, x = theoretical rank 1..5 (MHA .. LN1), paper
+    colours."""
     means = _per_layer(data, what="plot_plasticity_boxplot")
     comps = sorted(THEORETICAL_RANK, key=THEORETICAL_RANK.get)
     fig, ax = plt.subplots(figsize=(5, 3.5))
@@ -522,7 +548,8 @@ def plot_plasticity_depth(
     title: str | None = None,  # what the data ran on
     log: bool = False,  # logarithmic y axis
 ) -> Figure:
-    "Per-layer mean plasticity against layer depth (%) with its 95% CI band, one line per component, paper colours."
+    """Per-layer mean plasticity against layer depth (%) with its 95% CI band, one line per component, paper
+    colours."""
     needed = ("component", "depth", "mean", "ci")
     ls = _per_layer(data, _as_list(facet or ()), needed, "plot_plasticity_depth")
     panels = list(ls.groupby(facet, sort=False)) if facet else [(None, ls)]
