@@ -148,7 +148,7 @@ def _best_row(g: pd.DataFrame) -> dict:
     counts = {"n_seeds": g["n_seeds"].max(), "n_planned": g["n_planned"].max(), "complete": False}
     return {"lr": np.nan, **counts, "n_diverged": g["n_diverged"].sum(), **lrs, "reason": _why_none(g)}
 
-# %% ../nbs/16_stats.ipynb #d78455e7
+# %% ../nbs/16_stats.ipynb #76c9d887
 def lr_edge(best_lrs: pd.Series,  # per cell (model, opt, dataset, train), its best LR (NaN: none)
             cells: pd.DataFrame,  # output of `seed_cells`: every LR planned per cell
            ) -> pd.Series:
