@@ -275,6 +275,7 @@ def _check_parameters(model: nn.Module) -> None:
 def _measuring(model: nn.Module, dev: torch.device, dtype: torch.dtype = torch.float32):
     "Eval and inference mode, device `dev`, bf16 autocast if `dtype` is bf16; modes and device restored."
     modes, home = [(m, m.training) for m in model.modules()], next(model.parameters()).device
+    dev = home if dev is None else torch.device(dev)  # None: where the model is
     model.eval().to(dev)
     try:
         with torch.inference_mode(), torch.autocast(dev.type, torch.bfloat16, enabled=dtype == torch.bfloat16):
