@@ -1,18 +1,15 @@
 """Warm kernels on a busy machine: a kernel that is slow to answer is not dead, and no kernel is left behind."""
-import os, signal, socket, threading, time
+import os, signal, threading, time
 
 import pytest
 
-from vit_plasticity.grid import WarmKernels, _shutdown, _silent, run_kernel_manager
+import vit_plasticity.grid as grid
+from vit_plasticity.grid import WarmKernels, _shutdown, _silent
 
-def _started_kernel():
-    ours, theirs = socket.socketpair()
-    km = run_kernel_manager(theirs.fileno())(kernel_name="python3")
-    import asyncio
-    asyncio.run(km.start_kernel())
-    km.handover, km.handover_fd = ours, theirs.fileno()
-    theirs.close()
-    return km
+def _started_kernel(monkeypatch):
+    "A kernel started the way the grid starts its warm kernels, with a warm-up that imports nothing."
+    monkeypatch.setattr(grid, "_WARM_CODE", "None")
+    return WarmKernels(1, 1)._start()
 
 def _stall(pid: int, seconds: float) -> threading.Thread:
     "Stop the process now and let it go on after `seconds`: what a loaded machine does to a starting kernel."
@@ -21,8 +18,8 @@ def _stall(pid: int, seconds: float) -> threading.Thread:
     t.start()
     return t
 
-def test_a_kernel_that_misses_heartbeats_is_waited_for_not_declared_dead():
-    km = _started_kernel()
+def test_a_kernel_that_misses_heartbeats_is_waited_for_not_declared_dead(monkeypatch):
+    km = _started_kernel(monkeypatch)
     try:
         t = _stall(km.provisioner.pid, 3.0)  # three heartbeats missed (a heartbeat client gives up after one)
         _silent(km, "x = 1", timeout=120)
@@ -31,7 +28,6 @@ def test_a_kernel_that_misses_heartbeats_is_waited_for_not_declared_dead():
     finally: _shutdown(km)
 
 def test_a_kernel_that_fails_to_warm_is_stopped_not_left_running(monkeypatch):
-    import vit_plasticity.grid as grid
     monkeypatch.setattr(grid, "_WARM_CODE", "raise ValueError('cannot warm')")
     started = []
     real = grid.run_kernel_manager
