@@ -38,7 +38,7 @@ nbtest: install data
 	$(BIN)/nbdev_test --n_workers $(NB_WORKERS) --timing
 
 pytest: install data
-	$(PY) -m pytest tests
+	$(PY) -m pytest tests --durations=25
 
 test: install data sync-check nbtest pytest
 
