@@ -65,3 +65,14 @@ def test_readme_states_the_permutation_p_values_of_the_report():
     for (rho, n, p), (_, r) in zip(stated, trend.iterrows()):
         assert float(rho.replace("−", "-")) == pytest.approx(r["mean_rho"], abs=0.005)
         assert int(n) == r["n_datasets"] and float(p) == pytest.approx(r["p"], rel=1e-3)
+
+
+def test_the_readme_run_counts_are_the_grid_files():
+    "Every '`grid` (N)' and the demo's 'N runs' in the README is the number of runs its grid file expands to."
+    from vit_plasticity.grid import expand, load_spec
+    stated = dict(re.findall(r"`([\w-]+)` \((\d[\d,]*)\)", README))
+    stated["demo"] = re.search(r"make demo .*?(\d+) runs", README).group(1)
+    stated["paper"] = re.search(r"`paper` \((\d[\d,]*)\s", README).group(1)
+    assert {"paper", "ablation-adamw", "ablation-size", "study", "demo", "smoke"} <= set(stated), stated
+    for grid in ("paper", "ablation-adamw", "ablation-size", "study", "demo", "smoke"):
+        assert int(stated[grid].replace(",", "")) == len(expand(load_spec(grid))), grid
