@@ -14,7 +14,11 @@ def _started_kernel(monkeypatch):
 def _stall(pid: int, seconds: float) -> threading.Thread:
     "Stop the process now and let it go on after `seconds`: what a loaded machine does to a starting kernel."
     os.kill(pid, signal.SIGSTOP)
-    t = threading.Thread(target=lambda: (time.sleep(seconds), os.kill(pid, signal.SIGCONT)))
+    def resume():
+        time.sleep(seconds)
+        try: os.kill(pid, signal.SIGCONT)
+        except ProcessLookupError: pass  # stopped for good meanwhile
+    t = threading.Thread(target=resume)
     t.start()
     return t
 
@@ -51,3 +55,22 @@ def _running(pid: int) -> bool:
     "A live process, not a zombie."
     try: return open(f"/proc/{pid}/stat").read().split(") ")[1][0] != "Z"
     except (FileNotFoundError, IndexError): return False
+
+def test_a_warm_kernel_that_hangs_at_hand_over_is_replaced_by_a_fresh_one(monkeypatch):
+    "The run gets a cold kernel's arguments (not a failure), and the hung warm kernel is stopped."
+    km = _started_kernel(monkeypatch)
+    pid = km.provisioner.pid
+    monkeypatch.setattr(grid, "HANDOVER_TIMEOUT", 2)
+    pool = type("OneKernel", (), {"take": lambda self: km})()
+    lock_r, lock_w = os.pipe()
+    t = _stall(pid, 10.0)  # stopped for longer than the hand-over waits
+    try:
+        args = grid._kernel(pool, lock_r, {"VITP_TEST": "1"})
+        assert set(args) == {"kernel_manager_class"}, args  # papermill starts a kernel of its own
+        deadline = time.time() + 30
+        while _running(pid) and time.time() < deadline: time.sleep(0.1)
+        assert not _running(pid), "the hung warm kernel was left running"
+    finally:
+        t.join()
+        os.close(lock_r)
+        os.close(lock_w)

@@ -25,8 +25,8 @@ from .runs import (atomic_write_json, atomic_write_text, check_writable, clear_r
 from .runs import notebook_sha, record_failure, run_status, runs_root
 
 # %% auto #0
-__all__ = ['KINDS', 'WARM_MODULES', 'GridSpecError', 'grids_dir', 'notebooks_dir', 'results_notebook', 'load_spec',
-           'validate_spec', 'Run', 'expand', 'notebook_for', 'check_params', 'check_names', 'check_values',
+__all__ = ['KINDS', 'WARM_MODULES', 'HANDOVER_TIMEOUT', 'GridSpecError', 'grids_dir', 'notebooks_dir', 'results_notebook',
+           'load_spec', 'validate_spec', 'Run', 'expand', 'notebook_for', 'check_params', 'check_names', 'check_values',
            'check_plan', 'RunLock', 'bind_to_parent', 'run_kernel_manager', 'WarmKernels', 'current_code', 'run_state',
            'execute_run', 'grid_root', 'plan', 'grid_status', 'run_local', 'slurm_plan_settings', 'run_grid']
 
@@ -373,19 +373,29 @@ def _close(self: WarmKernels) -> None:
 WarmKernels.take, WarmKernels.close = _take, _close
 
 # %% ../nbs/22_grid.ipynb #a6427574
+HANDOVER_TIMEOUT = 600  # s: a kernel starved on a loaded machine answers late; only a hung one takes longer
+
 def _hand_over(km, lock_fd: int, env: dict) -> None:
     "Give a warm kernel its run: the run's lock (sent over its socket pair) and environment."
     socket.send_fds(km.handover, [b"L"], [lock_fd])
     _silent(km, f"(lambda s, o: (s.recv_fds(s.socket(fileno={km.handover_fd}), 1, 1), "
                 f"o.environ.update({env!r})))"
-                "(__import__('socket'), __import__('os'))", timeout=60)
+                "(__import__('socket'), __import__('os'))", timeout=HANDOVER_TIMEOUT)
 
+
+# %% ../nbs/22_grid.ipynb #70d4bb0d
 def _kernel(kernels: WarmKernels | None, lock_fd: int, env: dict) -> dict:
     "papermill's kernel arguments for a run: a warm kernel handed the run, else a class starting a cold one."
-    if kernels is None: return dict(kernel_manager_class=run_kernel_manager(lock_fd, env))
+    cold = lambda: dict(kernel_manager_class=run_kernel_manager(lock_fd, env))
+    if kernels is None: return cold()
     km = kernels.take()
-    _hand_over(km, lock_fd, env)
+    try: _hand_over(km, lock_fd, env)
+    except Exception as e:  # the warm kernel died or hung: the run is not failed for it, a cold kernel runs it
+        _shutdown(km)
+        tqdm.write(f"vitp: a warm kernel failed its hand-over ({type(e).__name__}: {e}); starting a fresh one")
+        return cold()
     return dict(km=km)
+
 
 # %% ../nbs/22_grid.ipynb #bcd33797
 def _keep_notebook(partial: Path, run_dir: Path) -> None:
