@@ -28,7 +28,8 @@ def readme_table() -> tuple[str, pd.DataFrame]:
     if not has_report(stated_report()): pytest.skip("no report committed yet: the README says so (test above)")
     lines = README.splitlines()
     start = next(i for i, l in enumerate(lines) if l.startswith("| component | plasticity (paper)"))
-    rows = [l.strip("|").split("|") for l in lines[start:] if l.startswith("|")][2:]
+    end = next((i for i in range(start, len(lines)) if not lines[i].startswith("|")), len(lines))
+    rows = [l.strip("|").split("|") for l in lines[start:end]][2:]  # this table only: header, rule, rows
     header = [h.strip() for h in lines[start].strip("|").split("|")]
     table = pd.DataFrame([[c.strip() for c in r] for r in rows], columns=header).set_index("component")
     return stated_report(), table
@@ -64,7 +65,8 @@ def test_readme_states_the_permutation_p_values_of_the_report():
     assert len(stated) == len(trend) > 0
     for (rho, n, p), (_, r) in zip(stated, trend.iterrows()):
         assert float(rho.replace("−", "-")) == pytest.approx(r["mean_rho"], abs=0.005)
-        assert int(n) == r["n_datasets"] and float(p) == pytest.approx(r["p"], rel=1e-3)
+        assert int(n) == r["n_datasets"]
+        assert float(p) == pytest.approx(r["p"], rel=5e-3, abs=5e-4)  # printed to 3 significant digits
 
 
 def test_the_readme_run_counts_are_the_grid_files():
