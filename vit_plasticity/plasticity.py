@@ -5,10 +5,8 @@
 # %% ../nbs/11_plasticity.ipynb #e95564d6
 from __future__ import annotations
 import math
-import sys
 import warnings
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -19,13 +17,15 @@ from matplotlib.figure import Figure
 from torch import nn
 from tqdm.auto import tqdm
 
-from .components import (block_components, check_vit, embed, family_of, hook_component,
-                                       n_blocks, out_projection, parts_of)
+from .components import _check_fits, block_components, check_images, check_vit, embed
+from .components import family_of, hook_component, n_blocks, out_projection, parts_of
+# the input handling; PRECISIONS, check_device, check_images and the pair stream are re-exported from here
+from .inputs import PAIRINGS, PRECISIONS, _check_data, _check_pairing, _check_parameters
+from .inputs import _measuring, _n_batches, _pairs, _positive_int, check_device, check_dtype
 
 # %% auto #0
-__all__ = ['THEORETICAL_RANK', 'COMPONENT_COLORS', 'PROTOCOLS', 'PAIRINGS', 'PRECISIONS', 'check_images', 'check_device',
-           'check_dtype', 'measure_plasticity', 'naive_plasticity', 'layer_summary', 'component_summary',
-           'plot_plasticity_boxplot', 'plot_plasticity_depth']
+__all__ = ['THEORETICAL_RANK', 'COMPONENT_COLORS', 'PROTOCOLS', 'measure_plasticity', 'naive_plasticity', 'layer_summary',
+           'component_summary', 'plot_plasticity_boxplot', 'plot_plasticity_depth']
 
 # %% ../nbs/11_plasticity.ipynb #d0b1253b
 THEORETICAL_RANK = {"MHA": 1, "FC1": 2, "FC2": 3, "LN2": 4, "LN1": 5}  # the paper's: 1 = most plastic
@@ -120,170 +120,6 @@ def _in_situ_batch(model: nn.Module, comps: list[dict[str, nn.Module]], a: torch
                         "use protocol='paper'")
     return d_in, d_out
 
-# %% ../nbs/11_plasticity.ipynb #c02720a7
-def _check_data(data, role: str) -> None:
-    "Refuse at once what cannot hold images: a dataset's name, None, a number, a mapping."
-    if isinstance(data, torch.Tensor): return
-    if isinstance(data, str):
-        raise TypeError(f"{role}={data!r} is a name, not images: pass an image tensor (B, C, H, W) or a "
-                        f"loader, e.g. `vit_plasticity.data.plasticity_images({data!r})`")
-    if isinstance(data, (bytes, Mapping)) or not isinstance(data, Iterable):
-        raise TypeError(f"{role} is a {type(data).__name__}: pass an image tensor (B, C, H, W) or an "
-                        "iterable of batches xb or (xb, yb) (a DataLoader)")
-
-def _images(data: torch.Tensor | Iterable, role: str) -> Iterator[torch.Tensor]:
-    "Checked image batches (B, C, H, W) from a tensor or an iterable of `xb` or `(xb, yb, ...)`."
-    seen = 0
-    for xb in [data] if isinstance(data, torch.Tensor) else data:
-        xb = xb[0] if isinstance(xb, (tuple, list)) else xb
-        if not isinstance(xb, torch.Tensor) or xb.ndim != 4:
-            raise ValueError(f"{role} must yield image batches of shape (B, C, H, W), got "
-                             f"{tuple(xb.shape) if isinstance(xb, torch.Tensor) else type(xb).__name__}")
-        if not xb.is_floating_point():
-            raise ValueError(f"{role} images are {xb.dtype}: pass normalised floating-point images")
-        # NaN and ±inf pixels show in the batch's min or max: one pass, no image-sized temporary
-        if xb.numel() and not torch.isfinite(torch.stack(torch.aminmax(xb))).all():
-            raise ValueError(f"{role} images {seen}..{seen + len(xb) - 1} contain NaN or inf pixels: clean or drop them")
-        seen += len(xb)
-        yield xb
-
-# %% ../nbs/11_plasticity.ipynb #edc477de
-def _cycled(data: torch.Tensor | Iterable, role: str) -> Iterator[torch.Tensor]:
-    "The image batches of `data`, repeated without end."
-    while True:
-        n = 0
-        for xb in _images(data, role):
-            n += len(xb)
-            yield xb
-        if n == 0: raise ValueError(f"{role} is empty: pass at least one image")
-
-# %% ../nbs/11_plasticity.ipynb #70c623dd
-def _rebatch(chunks: Iterable[torch.Tensor], bs: int) -> Iterator[torch.Tensor]:
-    "Regroup a stream of batches into batches of exactly `bs` (the last one possibly shorter, never empty)."
-    buf, n = [], 0
-    for c in chunks:
-        buf.append(c)
-        n += len(c)
-        if n < bs: continue
-        xb = torch.cat(buf) if len(buf) > 1 else buf[0]
-        full = n // bs * bs
-        yield from xb[:full].split(bs)
-        buf, n = [xb[full:]], n - full
-    if n: yield torch.cat(buf)
-
-# %% ../nbs/11_plasticity.ipynb #64874529
-def _short_target(n: int, bs: int) -> ValueError:
-    "The error for a target that pairing 'authors' cannot restart: fewer images than one batch."
-    return ValueError(f"target has {n} images, fewer than batch_size={bs}: pairing='authors' restarts a "
-                      f"short target in whole batches of batch_size (drop_last); pass batch_size <= {n} "
-                      "or pairing='cycle_all'")
-
-def _drop_last_cycled(data: torch.Tensor | Iterable, bs: int) -> Iterator[torch.Tensor]:
-    "Batches of `bs` target images, restarted at image 0; a partial last batch only in the first pass."
-    first = True
-    while True:
-        n = 0
-        for b in _rebatch(_images(data, "target"), bs):
-            n += len(b)
-            if first or len(b) == bs: yield b
-        if n == 0: raise ValueError("target is empty: pass at least one image")
-        if n < bs: raise _short_target(n, bs)
-        first = False
-
-# %% ../nbs/11_plasticity.ipynb #750535ef
-PAIRINGS = ("authors", "cycle_all")  # how a target shorter than the source is restarted (table above)
-
-def _target_batches(target: torch.Tensor | Iterable, bs: int, pairing: str) -> Iterator[torch.Tensor]:
-    "Target batches of `bs` images, restarted under `pairing` (under 'authors' a first pass may end shorter)."
-    if pairing == "authors": return _drop_last_cycled(target, bs)
-    return _rebatch(_cycled(target, "target"), bs)
-
-def _pairs(source: torch.Tensor | Iterable, target: torch.Tensor | Iterable, bs: int, n_pairs: int | None,
-           pairing: str = "authors") -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    "Batches (a, b) of at most `bs` pairs: image k of `source` with image k of `target` (see `pairing`)."
-    limit, done = sys.maxsize if n_pairs is None else n_pairs, 0
-    targets = _target_batches(target, bs, pairing)
-    for a in _rebatch(_images(source, "source"), bs):
-        a = a[: limit - done]
-        b = next(targets)
-        if len(b) < len(a): b = next(targets)  # 'authors': partial batch dropped, restart
-        b = b[: len(a)]
-        if a.shape[1:] != b.shape[1:]:
-            raise ValueError(f"source and target must have the same image shape, got {tuple(a.shape[1:])} and "
-                             f"{tuple(b.shape[1:])}: resize both to the model's input size")
-        yield a, b
-        done += len(a)
-        if done == limit: return
-    if done == 0: raise ValueError("source is empty: pass at least one image")
-    if n_pairs is not None: warnings.warn(f"source has {done} images: measured {done} pairs, not n_pairs={n_pairs}")
-
-# %% ../nbs/11_plasticity.ipynb #142c9844
-def _check_fits(model: nn.Module, xb: torch.Tensor, role: str) -> torch.Tensor:
-    """`xb`, a batch already checked by `_images`, if `model` takes images of its channels and size; else a
-    `ValueError`."""
-    want = family_of(check_vit(model)).input_shape(model)  # (C,) or (C, H, W) when the size is fixed
-    if tuple(xb.shape[1:1 + len(want)]) != tuple(want):
-        raise ValueError(f"{role} are (C, H, W) = {tuple(xb.shape[1:])}, but the model takes {tuple(want)}: "
-                         "resize or convert them with the model's transforms (`data.dataset_transforms`)")
-    return xb
-
-def check_images(model: nn.Module, xb: torch.Tensor, role: str = "images") -> torch.Tensor:
-    """`xb` if it is a non-empty, finite, floating-point batch (B, C, H, W) that `model` takes, else a
-    `ValueError` saying what to fix."""
-    next(_images([xb], role))  # (B, C, H, W), floating point, finite
-    if len(xb) == 0: raise ValueError(f"{role} is empty: pass at least one image")
-    return _check_fits(model, xb, role)
-
-# %% ../nbs/11_plasticity.ipynb #51fabbe9
-def check_device(device: str | torch.device | int | None, # where to compute; None: the model's device
-                 model: nn.Module, # the model that will run there
-                ) -> torch.device:
-    "The device to run `model` on if this machine has it and the model has data, else a `ValueError`."
-    p = next(model.parameters(), None)
-    home = torch.device("cpu") if p is None else p.device
-    if home.type == "meta":
-        raise ValueError("the model's parameters are on the meta device (shapes without data): build or load "
-                         "it outside `torch.device('meta')`, e.g. with `vit_plasticity.models.load_vit`")
-    if device is None: return home
-    try: dev = torch.device(device)
-    except (RuntimeError, TypeError, ValueError) as e:
-        raise ValueError(f"device={device!r} is not a torch device ({e}): pass 'cpu', 'cuda:0' "
-                         "or None") from e
-    n_gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    usable = {"cpu": True, "cuda": (dev.index or 0) < n_gpus, "mps": torch.backends.mps.is_available()}
-    if not usable.get(dev.type, False):
-        gpus = "" if n_gpus == 0 else f" or one of cuda:0..cuda:{n_gpus - 1}"
-        raise ValueError(f"device={device!r} is not available here ({n_gpus} CUDA GPU(s) visible): pass "
-                         f"device='cpu'{gpus}, or None for the model's device ({home})")
-    return dev
-
-# %% ../nbs/11_plasticity.ipynb #a76a6ea2
-def _all_finite(t: torch.Tensor) -> bool:
-    "Whether `t` holds no NaN or inf: they show in its min or max (one pass, no tensor-sized temporary)."
-    return t.numel() == 0 or bool(torch.isfinite(torch.stack(torch.aminmax(t.detach()))).all())
-
-def _check_parameters(model: nn.Module) -> None:
-    "Refuse, before any work, a model whose parameters are not fp32 or hold NaN or inf."
-    if bad := {p.dtype for p in model.parameters() if p.dtype != torch.float32}:
-        raise ValueError(f"the plasticity protocol runs in fp32 but the model has {bad} parameters: "
-                         "call model.float()")
-    if bad := [n for n, p in model.named_parameters() if not _all_finite(p)]:
-        raise ValueError(f"the model's parameters {bad[:3]} hold NaN or inf (a diverged run?): "
-                         "load finite weights")
-
-@contextmanager
-def _measuring(model: nn.Module, dev: torch.device, dtype: torch.dtype = torch.float32):
-    "Eval and inference mode, device `dev`, bf16 autocast if `dtype` is bf16; modes and device restored."
-    modes, home = [(m, m.training) for m in model.modules()], next(model.parameters()).device
-    dev = home if dev is None else torch.device(dev)  # None: where the model is
-    model.eval().to(dev)
-    try:
-        with torch.inference_mode(), torch.autocast(dev.type, torch.bfloat16, enabled=dtype == torch.bfloat16):
-            yield dev
-    finally:
-        model.to(home)
-        for m, mode in modes: m.training = mode
-
 # %% ../nbs/11_plasticity.ipynb #75f4354e
 def _check_finite(d_in: torch.Tensor, d_out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, first: int,
                   names: Sequence[str]) -> None:
@@ -322,41 +158,7 @@ def _tidy(d_in: torch.Tensor, d_out: torch.Tensor, names: Sequence[str], same: t
         raise ValueError(f"no pair has d_in > 0, so there is no ratio: {_zero_d_in(range(len(same)), same)}")
     return df
 
-# %% ../nbs/11_plasticity.ipynb #94c90e08
-def _n_images(data: torch.Tensor | Iterable) -> int | None:
-    "Number of images of a tensor or of a loader's dataset; None when unknown."
-    try: return len(data) if isinstance(data, torch.Tensor) else len(data.dataset)
-    except (AttributeError, TypeError): return None
-
-def _n_batches(source: torch.Tensor | Iterable, n_pairs: int | None, bs: int) -> int | None:
-    "Number of batches for the progress bar, or None when the source's size is unknown."
-    n = _n_images(source)
-    if n_pairs is not None: n = n_pairs if n is None else min(n, n_pairs)
-    return None if n is None else math.ceil(n / bs)
-
-def _check_pairing(source, target, n_pairs: int | None, bs: int, pairing: str) -> None:
-    "Refuse, before any work, a target that pairing 'authors' would have to restart with no whole batch."
-    n_tgt, wanted = _n_images(target), [n for n in (_n_images(source), n_pairs) if n is not None]
-    if pairing == "authors" and n_tgt and n_tgt < bs and wanted and min(wanted) > n_tgt:
-        raise _short_target(n_tgt, bs)
-
-# %% ../nbs/11_plasticity.ipynb #2e102055
-PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}  # fp32: the paper's; bf16: autocast
-
-def check_dtype(dtype: torch.dtype | str) -> torch.dtype:
-    """`dtype` as a torch dtype if it is fp32 or bf16 (a dtype or its short name), else a `ValueError` naming
-    it."""
-    if isinstance(dtype, str) and dtype in PRECISIONS: return PRECISIONS[dtype]
-    if isinstance(dtype, torch.dtype) and dtype in PRECISIONS.values(): return dtype
-    raise ValueError(f"dtype={dtype!r}: pass torch.float32 ('fp32', the paper's) or torch.bfloat16 ('bf16': "
-                     "the model's forward under bf16 autocast, distances and ratios in fp32)")
-
 # %% ../nbs/11_plasticity.ipynb #c64bb986
-def _positive_int(name: str, v) -> int:
-    "`v` if it is a positive integer (a bool is not), else a `ValueError` naming `name`."
-    if isinstance(v, int) and not isinstance(v, bool) and v > 0: return v
-    raise ValueError(f"{name} must be a positive integer, got {v!r}")
-
 def _check_arguments(model: nn.Module, source, target, protocol: str, n_pairs: int | None, batch_size: int,
                      pairing: str, device, dtype=torch.float32) -> torch.device:
     "Every argument of `measure_plasticity` checked before any work; the device to compute on."
