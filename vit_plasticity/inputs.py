@@ -27,6 +27,7 @@ def _check_data(data, role: str) -> None:
         raise TypeError(f"{role} is a {type(data).__name__}: pass an image tensor (B, C, H, W) or an "
                         "iterable of batches xb or (xb, yb) (a DataLoader)")
 
+# %% ../nbs/01_inputs.ipynb #496fdd35
 def _images(data: torch.Tensor | Iterable, role: str) -> Iterator[torch.Tensor]:
     "Checked image batches (B, C, H, W) from a tensor or an iterable of `xb` or `(xb, yb, ...)`."
     seen = 0
@@ -74,6 +75,7 @@ def _short_target(n: int, bs: int) -> ValueError:
                       f"short target in whole batches of batch_size (drop_last); pass batch_size <= {n} "
                       "or pairing='cycle_all'")
 
+# %% ../nbs/01_inputs.ipynb #db8eef97
 def _drop_last_cycled(data: torch.Tensor | Iterable, bs: int) -> Iterator[torch.Tensor]:
     "Batches of `bs` target images, restarted at image 0; a partial last batch only in the first pass."
     first = True
@@ -89,6 +91,7 @@ def _drop_last_cycled(data: torch.Tensor | Iterable, bs: int) -> Iterator[torch.
 # %% ../nbs/01_inputs.ipynb #750535ef
 PAIRINGS = ("authors", "cycle_all")  # how a target shorter than the source is restarted (table above)
 
+# %% ../nbs/01_inputs.ipynb #4f50e332
 def _target_batches(target: torch.Tensor | Iterable, bs: int, pairing: str) -> Iterator[torch.Tensor]:
     "Target batches of `bs` images, restarted under `pairing` (under 'authors' a first pass may end shorter)."
     if pairing == "authors": return _drop_last_cycled(target, bs)
@@ -119,12 +122,14 @@ def _n_images(data: torch.Tensor | Iterable) -> int | None:
     try: return len(data) if isinstance(data, torch.Tensor) else len(data.dataset)
     except (AttributeError, TypeError): return None
 
+# %% ../nbs/01_inputs.ipynb #18dc0995
 def _n_batches(source: torch.Tensor | Iterable, n_pairs: int | None, bs: int) -> int | None:
     "Number of batches for the progress bar, or None when the source's size is unknown."
     n = _n_images(source)
     if n_pairs is not None: n = n_pairs if n is None else min(n, n_pairs)
     return None if n is None else math.ceil(n / bs)
 
+# %% ../nbs/01_inputs.ipynb #d18c4eef
 def _check_pairing(source, target, n_pairs: int | None, bs: int, pairing: str) -> None:
     "Refuse, before any work, a target that pairing 'authors' would have to restart with no whole batch."
     n_tgt, wanted = _n_images(target), [n for n in (_n_images(source), n_pairs) if n is not None]
@@ -168,6 +173,7 @@ def _check_parameters(model: nn.Module) -> None:
         raise ValueError(f"the model's parameters {bad[:3]} hold NaN or inf (a diverged run?): "
                          "load finite weights")
 
+# %% ../nbs/01_inputs.ipynb #46b5bf86
 @contextmanager
 def _measuring(model: nn.Module, dev: torch.device, dtype: torch.dtype = torch.float32):
     "Eval and inference mode, device `dev`, bf16 autocast if `dtype` is bf16; modes and device restored."
@@ -184,6 +190,7 @@ def _measuring(model: nn.Module, dev: torch.device, dtype: torch.dtype = torch.f
 # %% ../nbs/01_inputs.ipynb #2e102055
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}  # fp32: the paper's; bf16: autocast
 
+# %% ../nbs/01_inputs.ipynb #4a5c111e
 def check_dtype(dtype: torch.dtype | str) -> torch.dtype:
     """`dtype` as a torch dtype if it is fp32 or bf16 (a dtype or its short name), else a `ValueError` naming
     it."""
