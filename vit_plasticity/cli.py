@@ -23,12 +23,14 @@ def _positive(text: str) -> int:
     if n < 1: raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
     return n
 
+# %% ../nbs/25_cli.ipynb #db9c9300
 def _devices(text: str) -> str:
     "An argparse type: 'auto' or comma-separated device names, none empty."
     if not all(text.split(",")):
         raise argparse.ArgumentTypeError(f"{text!r}: name devices as auto, cpu or cuda:0,cuda:1")
     return text
 
+# %% ../nbs/25_cli.ipynb #8638cde0
 def _plan_args(p: argparse.ArgumentParser) -> None:
     "The arguments that choose a grid's plan and folder, shared by run, status and report."
     p.add_argument("spec",
@@ -106,6 +108,7 @@ def plan_table(runs: list, name: str) -> str:
     lines = [f"{k:<14}{n:>6}" for k, n in counts.items()] + [f"{'total':<14}{sum(counts.values()):>6}"]
     return "\n".join([f"grid {name}: planned runs", *lines])
 
+# %% ../nbs/25_cli.ipynb #6d44b174
 def sbatch_preview(spec: dict, runs: list, root: Path, overrides: dict, rehearse: bool) -> str:
     "The sbatch file of each kind's job array, as `vitp grid run --executor slurm` would submit it."
     from vit_plasticity.grid import slurm_plan_settings
@@ -115,6 +118,7 @@ def sbatch_preview(spec: dict, runs: list, root: Path, overrides: dict, rehearse
                      + sbatch_text(settings(kind), n, root / ".submitit", f"vitp-{spec['name']}-{kind}")
                      for kind, n in counts.items())
 
+# %% ../nbs/25_cli.ipynb #f974b2bb
 def cost_table(runs: list) -> str:
     "The plan's estimated FLOPs and GPU-hours per kind (the cost notebook; its assumptions in the heading)."
     from vit_plasticity.cost import plan_cost
@@ -132,12 +136,14 @@ def status_table(statuses: dict[str, str]) -> str:
     bad = [f"  {s:<9}{i}" for i, s in statuses.items() if s in ("failed", "partial", "blocked", "abandoned")]
     return "\n".join(lines + (["unfinished or failed:"] + bad[:50] if bad else []))
 
+# %% ../nbs/25_cli.ipynb #a9a36c4e
 def plan_flags(args) -> str:
     "The command-line flags that choose the plan and folder of `args` (`--rehearse --sample 20 --root DIR`)."
     flags = [("--rehearse" if args.rehearse else ""), (f"--sample {args.sample}" if args.sample else ""),
              (f"--root {args.root}" if args.root else "")]
     return " ".join(f for f in flags if f)
 
+# %% ../nbs/25_cli.ipynb #83d42fe2
 def retry_hint(statuses: dict[str, str], args, argv: list[str]) -> str:
     "What to do about failed runs: how many, where to read why, and the command that retries them."
     n = sum(s == "failed" for s in statuses.values())
@@ -214,6 +220,7 @@ def _grid_command(args, argv: list[str]) -> int:
     print(f"report: {report}")
     return 0
 
+# %% ../nbs/25_cli.ipynb #9ba343f6
 def _crash(e: BaseException) -> int:
     "An error no check foresaw: one line, and the traceback in a file for a bug report (exit status 3)."
     import tempfile, traceback
