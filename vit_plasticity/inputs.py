@@ -40,7 +40,8 @@ def _images(data: torch.Tensor | Iterable, role: str) -> Iterator[torch.Tensor]:
             raise ValueError(f"{role} images are {xb.dtype}: pass normalised floating-point images")
         # NaN and ±inf pixels show in the batch's min or max: one pass, no image-sized temporary
         if xb.numel() and not torch.isfinite(torch.stack(torch.aminmax(xb))).all():
-            raise ValueError(f"{role} images {seen}..{seen + len(xb) - 1} contain NaN or inf pixels: clean or drop them")
+            raise ValueError(f"{role} images {seen}..{seen + len(xb) - 1} contain NaN or inf pixels: "
+                             "clean or drop them")
         seen += len(xb)
         yield xb
 
@@ -108,13 +109,15 @@ def _pairs(source: torch.Tensor | Iterable, target: torch.Tensor | Iterable, bs:
         if len(b) < len(a): b = next(targets)  # 'authors': partial batch dropped, restart
         b = b[: len(a)]
         if a.shape[1:] != b.shape[1:]:
-            raise ValueError(f"source and target must have the same image shape, got {tuple(a.shape[1:])} and "
+            raise ValueError(f"source and target must have the same image shape, got {tuple(a.shape[1:])} "
+                             "and "
                              f"{tuple(b.shape[1:])}: resize both to the model's input size")
         yield a, b
         done += len(a)
         if done == limit: return
     if done == 0: raise ValueError("source is empty: pass at least one image")
-    if n_pairs is not None: warnings.warn(f"source has {done} images: measured {done} pairs, not n_pairs={n_pairs}")
+    if n_pairs is not None:
+        warnings.warn(f"source has {done} images: measured {done} pairs, not n_pairs={n_pairs}")
 
 # %% ../nbs/01_inputs.ipynb #94c90e08
 def _n_images(data: torch.Tensor | Iterable) -> int | None:
@@ -181,7 +184,8 @@ def _measuring(model: nn.Module, dev: torch.device, dtype: torch.dtype = torch.f
     dev = home if dev is None else torch.device(dev)  # None: where the model is
     model.eval().to(dev)
     try:
-        with torch.inference_mode(), torch.autocast(dev.type, torch.bfloat16, enabled=dtype == torch.bfloat16):
+        bf16 = dtype == torch.bfloat16
+        with torch.inference_mode(), torch.autocast(dev.type, torch.bfloat16, enabled=bf16):
             yield dev
     finally:
         model.to(home)
