@@ -45,6 +45,7 @@ def _hub_model(model: str, pretrained: bool) -> nn.Module:
 # %% ../nbs/24_recommend.ipynb #bed99f77
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")  # what `load_model` reads as a weights file
 
+# %% ../nbs/24_recommend.ipynb #b0a1b06f
 def _weights_arch(path: Path, arch: str | None) -> str:
     "The architecture of a weights file: `arch`, else the model its JSON record (from `vitp-pretrain`) names."
     if arch: return arch
@@ -69,12 +70,14 @@ def load_model(model: str, # a preset, a timm name, "hf-hub:<org>/<name>" or a w
 PRETRAINING_SOURCES = {"tiny-fmnist": "fmnist",  # the pretraining-domain sample of each preset
                        **{k: "imagenet-val" for k in PRESETS if k.startswith("vit-")}}
 
+# %% ../nbs/24_recommend.ipynb #df703ab2
 def model_name(model: str | nn.Module) -> str:
     "What a model is called in tables and sentences: its name, else its timm architecture."
     if isinstance(model, str): return model
     cfg = getattr(model, "pretrained_cfg", None) or {}
     return cfg.get("architecture") or type(model).__name__
 
+# %% ../nbs/24_recommend.ipynb #cfe17708
 def default_source(model: str, # a preset, a timm name, or a weights file with its record
                   ) -> str: # the dataset of `model`'s pretraining domain (see `PRETRAINING_SOURCES`)
     "The sample of `model`'s pretraining domain, if the library knows one; else a `ValueError` asking for it."
@@ -98,6 +101,7 @@ def data_name(data: str | Path) -> str:
     raise ValueError(f"{data!r} is neither an image folder nor a dataset; pass a folder of images (flat or "
                      f"one sub-folder per class) or one of {', '.join(DATASETS)}")
 
+# %% ../nbs/24_recommend.ipynb #84996e47
 class _Progress:
     "A loader, iterated under a tqdm bar (on stderr), that keeps its `dataset` and length."
     def __init__(self, dl: DataLoader, desc: str): self.dl, self.dataset, self.desc = dl, dl.dataset, desc
@@ -123,6 +127,7 @@ def ratio_array(df: pd.DataFrame, # `measure_plasticity` rows (one protocol)
     comps = [c for c in COMPONENTS if c in wide.columns.get_level_values(0)]
     return np.stack([wide[c].to_numpy() for c in comps], axis=-1), comps
 
+# %% ../nbs/24_recommend.ipynb #ff6acd5d
 def component_plasticity(r: np.ndarray) -> np.ndarray: # ratios (pairs, layers, components) -> (components,)
     "Per component, the median over layers of the per-layer mean ratio: the paper's per-component summary."
     return np.median(r.mean(axis=0), axis=0)
@@ -190,6 +195,7 @@ def protocol_agreement(summary: pd.DataFrame, # `plasticity_ranks` of two protoc
     a, b = ranks.iloc[:, 0], ranks.iloc[:, 1]
     return bool((a == b).all()), float(kendalltau(a, b).statistic)
 
+# %% ../nbs/24_recommend.ipynb #06fce4c0
 def ranking_text(rk: ComponentRanking) -> str:
     "The ranking as text: rank, component, plasticity and its interval; then whether the protocols agree."
     t, pct = rk.table, f"{rk.level:.0%} CI"
@@ -323,6 +329,7 @@ def protocols_text(rk: ComponentRanking) -> str:
     return (f" The {other.protocol.iloc[0]} protocol orders them {' > '.join(other.component)} (Kendall's "
             f"tau {agree[1]:.2f}), {first} first; {verdict}.")
 
+# %% ../nbs/24_recommend.ipynb #e719008e
 def reason_text(rk: ComponentRanking) -> str:
     "Why the top component: its plasticity and interval against the runner-up's, the protocols, the paper."
     t = rk.table
