@@ -378,10 +378,9 @@ def selective_learner(model: nn.Module, # a supported ViT (see `check_vit`), its
     check = partial(_check_batch, role="dls.train", n_classes=num_classes(model))  # every batch served
     step_dls = DataLoaders(StepLoader(dls.train, check=check), dls.valid, path=getattr(dls, "path", "."))
     schedule = WarmupCosineCB(lr, n_steps, clamp_warmup(warmup_steps, n_steps))
-    amp = (_amp_cbs(mixed_precision, next(model.parameters()).device)
-           + _precision_cbs(precision, mixed_precision))
     cbs = [StepBudgetCB(n_steps, eval_period, grad_accum, final_eval), schedule, StepLogCB(clip), EvalCB(),
-           DivergenceCB(), ThroughputCB(), *amp, *(cbs or [])]
+           DivergenceCB(), ThroughputCB(), *_amp_cbs(mixed_precision, next(model.parameters()).device),
+           *_precision_cbs(precision, mixed_precision), *(cbs or [])]
     return Learner(step_dls, _logits_model(model), loss_func=nn.CrossEntropyLoss(),
                    opt_func=opt_func(opt, wd), lr=lr,
                    splitter=trainable_params, wd=wd, train_bn=False, metrics=accuracy, cbs=cbs)
