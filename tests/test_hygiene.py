@@ -1,5 +1,5 @@
 "Notebook hygiene: the rules of style.md that a notebook cannot check about itself."
-import ast, json, re, subprocess, sys
+import ast, io, json, re, subprocess, sys, tokenize
 from configparser import ConfigParser
 from pathlib import Path
 
@@ -74,3 +74,43 @@ def test_readme_images_exist():
     assert links, "the README shows no figure"
     missing = [l for l in links if not l.startswith("http") and not (ROOT / l).is_file()]
     assert not missing, f"README links to missing images: {missing}"
+
+
+# Exported modules: lines of at most 110 characters, one statement a line (style.md, "Density is vertical").
+MAX_LINE = 110
+MODULES = sorted(p for p in LIB.glob("*.py") if p.name != "_modidx.py")  # _modidx: nbdev's own index
+
+
+def long_lines(text: str) -> list[int]:
+    "Lines over MAX_LINE characters, except nbdev's generated `__all__` (which nbdev wraps at 120 itself)."
+    tree = ast.parse(text)
+    generated = {l for n in tree.body if isinstance(n, ast.Assign)
+                 and any(isinstance(t, ast.Name) and t.id == "__all__" for t in n.targets)
+                 for l in range(n.lineno, n.end_lineno + 1)}
+    return [i for i, l in enumerate(text.splitlines(), 1) if len(l) > MAX_LINE and i not in generated]
+
+
+def semicolon_lines(text: str) -> list[int]:
+    "Lines where `;` joins statements: read as tokens, so a ';' inside a string or a comment does not count."
+    toks = tokenize.generate_tokens(io.StringIO(text).readline)
+    return sorted({t.start[0] for t in toks if t.type == tokenize.OP and t.string == ";"})
+
+
+def test_line_checks_catch_violations():
+    "The two checks can fail: a long line and a `;` are found, strings and comments holding ';' are not."
+    code = ("__all__ = ['" + "a" * 120 + "']\n" + "s = 'x; y'  # a; b\n" + "a = 1; b = 2\n"
+            + "t = '" + "z" * 120 + "'\n")
+    assert long_lines(code) == [4]
+    assert semicolon_lines(code) == [3]
+
+
+@pytest.mark.parametrize("py", MODULES, ids=lambda p: p.name)
+def test_module_lines_are_short(py):
+    bad = long_lines(py.read_text(encoding="utf-8"))
+    assert not bad, f"{py.name}: lines {bad} are over {MAX_LINE} characters (wrap them in the notebook, export)"
+
+
+@pytest.mark.parametrize("py", MODULES, ids=lambda p: p.name)
+def test_module_has_no_semicolon_joined_statements(py):
+    bad = semicolon_lines(py.read_text(encoding="utf-8"))
+    assert not bad, f"{py.name}: lines {bad} join statements with ';' (one statement a line)"

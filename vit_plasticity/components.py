@@ -14,11 +14,13 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
+from .inputs import _images
+
 # %% auto #0
 __all__ = ['COMPONENTS', 'HEAD', 'CONFIGURATIONS', 'FAMILIES', 'SUPPORTED', 'Component', 'parts_of', 'out_projection',
            'hook_component', 'random_vit', 'Family', 'TimmViT', 'TimmEva', 'TimmBeit', 'HFViT', 'HFDinov2', 'HFCLIP',
-           'family_of', 'component_of', 'check_vit', 'n_blocks', 'block_components', 'embed', 'num_classes',
-           'trainable_table', 'set_trainable']
+           'family_of', 'component_of', 'check_vit', 'check_images', 'n_blocks', 'block_components', 'embed',
+           'num_classes', 'trainable_table', 'set_trainable']
 
 # %% ../nbs/10_components.ipynb #9fa33ea4
 COMPONENTS = ("emb", "LN1", "MHA", "LN2", "FC1", "FC2")  # the paper's component types, in forward order
@@ -394,6 +396,23 @@ def check_vit(model: nn.Module) -> nn.Module:
         try: fam.component_of(name)
         except TypeError as e: raise TypeError(f"{type(model).__name__}: {e}; {SUPPORTED}") from None
     return model
+
+# %% ../nbs/10_components.ipynb #142c9844
+def _check_fits(model: nn.Module, xb: torch.Tensor, role: str) -> torch.Tensor:
+    """`xb`, a batch already checked by `_images`, if `model` takes images of its channels and size; else a
+    `ValueError`."""
+    want = family_of(check_vit(model)).input_shape(model)  # (C,) or (C, H, W) when the size is fixed
+    if tuple(xb.shape[1:1 + len(want)]) != tuple(want):
+        raise ValueError(f"{role} are (C, H, W) = {tuple(xb.shape[1:])}, but the model takes {tuple(want)}: "
+                         "resize or convert them with the model's transforms (`data.dataset_transforms`)")
+    return xb
+
+def check_images(model: nn.Module, xb: torch.Tensor, role: str = "images") -> torch.Tensor:
+    """`xb` if it is a non-empty, finite, floating-point batch (B, C, H, W) that `model` takes, else a
+    `ValueError` saying what to fix."""
+    next(_images([xb], role))  # (B, C, H, W), floating point, finite
+    if len(xb) == 0: raise ValueError(f"{role} is empty: pass at least one image")
+    return _check_fits(model, xb, role)
 
 # %% ../nbs/10_components.ipynb #812448bb
 def _is_index(i) -> bool:

@@ -32,6 +32,7 @@ def runs_root() -> Path:
 class RunsDirError(PermissionError):
     "A runs folder that cannot be created or written: the message names the folder, the cause and the fix."
 
+# %% ../nbs/03_runs.ipynb #7da60052
 def check_writable(folder: str | Path) -> Path:
     "Create `folder` if needed and write a probe file in it; `RunsDirError` if either fails."
     folder = Path(folder)
@@ -54,9 +55,6 @@ def atomic_write_json(path: str | Path, obj) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 # %% ../nbs/03_runs.ipynb #3135c0c0
-_PACKAGES = ("vit_plasticity", "torch", "torchvision", "timm", "fastai", "fastcore", "numpy", "pandas",
-             "scikit-learn", "papermill")
-
 def git_commit(path: str | Path | None = None) -> str | None:
     "The commit of the checkout holding `path` (default: this library), with '+dirty' if it has changes."
     cwd = Path(path or Path(vit_plasticity.__file__).resolve().parent)
@@ -70,6 +68,7 @@ def git_commit(path: str | Path | None = None) -> str | None:
 # %% ../nbs/03_runs.ipynb #22e5e7b7
 NOTEBOOK_SHA_ENV = "VITP_NOTEBOOK_SHA"  # set by the launcher in each kernel: the experiment notebook's digest
 
+# %% ../nbs/03_runs.ipynb #81a65dd6
 def library_sha() -> str:
     "SHA-1 of the library's source (every `vit_plasticity/*.py`, by name and content): the code a run ran."
     h = hashlib.sha1()
@@ -77,12 +76,14 @@ def library_sha() -> str:
         h.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
     return h.hexdigest()
 
+# %% ../nbs/03_runs.ipynb #04a51ef6
 def notebook_sha(path: str | Path) -> str:
     "SHA-1 of a notebook's code and markdown (outputs and metadata left out): the experiment a run executed."
     cells = json.loads(Path(path).read_text(encoding="utf-8"))["cells"]
     text = json.dumps([(c["cell_type"], "".join(c["source"])) for c in cells])
     return hashlib.sha1(text.encode()).hexdigest()
 
+# %% ../nbs/03_runs.ipynb #bde70cc5
 def code_version() -> dict:
     "The code running here: git commit, library digest and (under the launcher) notebook digest."
     return dict(git_commit=git_commit(), library_sha=library_sha(),
@@ -102,6 +103,10 @@ def compute_info(device: str = "cpu") -> dict:
     return dict(torch_threads=torch.get_num_threads(), torch_interop_threads=torch.get_num_interop_threads(),
                 thread_env={k: os.environ.get(k) for k in _THREAD_VARS}, cuda=torch.version.cuda,
                 cudnn=cudnn, gpu=gpu, cpu_count=os.cpu_count())
+
+# %% ../nbs/03_runs.ipynb #3e3fcc84
+_PACKAGES = ("vit_plasticity", "torch", "torchvision", "timm", "fastai", "fastcore", "numpy", "pandas",
+             "scikit-learn", "papermill")
 
 def env_info(device: str = "cpu") -> dict:
     "Package and code versions, device, threads, CUDA/cuDNN/GPU, host, SLURM job, Python of this process."
@@ -130,6 +135,7 @@ def experiment_params(kind: str,  # the experiment: "finetune", "linear_probe", 
 DONE = "DONE"  # the completion marker, written last: a manifest of the folder's files
 LAUNCHED_ENV = "VITP_LAUNCHED"  # set by the launcher in each kernel: it marks the run done, not the notebook
 
+# %% ../nbs/03_runs.ipynb #6c9b64c8
 def start_run(run_dir: str | Path, params: dict, device: str = "cpu") -> Path:
     "Create `run_dir` and record the run's parameters and environment; clears a stale completion marker."
     run_dir = check_writable(run_dir)
@@ -143,6 +149,7 @@ def file_sha(path: str | Path) -> str:
     "SHA-1 of a file's bytes."
     with open(path, "rb") as f: return hashlib.file_digest(f, "sha1").hexdigest()
 
+# %% ../nbs/03_runs.ipynb #2a1ec81c
 def mark_done(run_dir: str | Path) -> Path:
     "Write the completion marker, last: every file of the folder (hidden ones aside) with its digest."
     run_dir = Path(run_dir)
@@ -152,6 +159,7 @@ def mark_done(run_dir: str | Path) -> Path:
                     files={f: file_sha(run_dir / f) for f in files})
     return atomic_write_json(run_dir / DONE, manifest)
 
+# %% ../nbs/03_runs.ipynb #1e14bacc
 def finish_run(run_dir: str | Path, metrics: dict, history: pd.DataFrame | None = None) -> Path:
     "Write history and metrics, then the marker last (unless a launcher will, once the notebook is saved)"
     run_dir = Path(run_dir)
@@ -203,6 +211,7 @@ def record_failure(run_dir: str | Path, err: BaseException | str) -> None:
 class RunFolderError(OSError):
     "A run folder that cannot be cleared or created: the message names it and the fix."
 
+# %% ../nbs/03_runs.ipynb #0c2fa109
 def _remove(path: Path) -> None:
     "Delete a file or folder tree if it is there, as far as possible."
     if path.is_dir() and not path.is_symlink(): shutil.rmtree(path, ignore_errors=True)
@@ -230,6 +239,7 @@ def clear_run(run_dir: str | Path) -> Path:
 # partial to be redone, not recorded as failed.
 ABANDON = threading.Event()
 
+# %% ../nbs/03_runs.ipynb #9a88ebe6
 class GridInterrupted(KeyboardInterrupt):
     "Ctrl-C during a grid: `outcomes` of the runs so far, and what happened to those in flight (`message`)."
     def __init__(self, outcomes: dict, message: str):

@@ -42,12 +42,18 @@ def class_images(labels: Sequence[int], # the class of each image
 
 # %% ../nbs/02a_synthetic.ipynb #2afe44f9
 SYNTHETIC_VERSION = 1  # bump when a writer changes: the default root and each copy's marker carry it
+
+# %% ../nbs/02a_synthetic.ipynb #d6521f06
 FILE_IMAGE_SIZE = (40, 48)  # (height, width) of the images written as JPEG files
+
+# %% ../nbs/02a_synthetic.ipynb #a85061f0
 SYNTHETIC_COUNTS = {  # images per class in each part of each copy
     "cifar10": {"train": 5, "test": 2}, "cifar100": {"train": 2, "test": 1},
     "cifar10c": {"rows per severity": 10}, "domainnet": {"all": 1},
     "flowers102": {"train": 1, "val": 1, "test": 1}, "pet": {"trainval": 2, "test": 1},
     "imagenet-val": {"all": 1}, "imagenette": {"train": 2, "val": 2}}
+
+# %% ../nbs/02a_synthetic.ipynb #a99c0b63
 CIFAR10_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 # %% ../nbs/02a_synthetic.ipynb #3d15d830
@@ -55,6 +61,7 @@ def _labels(n_classes: int, per_class: int, rng: np.random.Generator) -> np.ndar
     "`per_class` labels of each class, shuffled."
     return rng.permutation(np.repeat(np.arange(n_classes), per_class))
 
+# %% ../nbs/02a_synthetic.ipynb #dbf8982b
 def _save_jpeg(path: Path, image: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(image).save(path, format="JPEG", quality=90)
@@ -179,6 +186,7 @@ PET_BREEDS = (  # class 1 to 37 in order; capitalised names are cats
     "Ragdoll", "Russian_Blue", "saint_bernard", "samoyed", "scottish_terrier", "shiba_inu", "Siamese",
     "Sphynx", "staffordshire_bull_terrier", "wheaten_terrier", "yorkshire_terrier")
 
+# %% ../nbs/02a_synthetic.ipynb #37e7b0c8
 def _pet_line(image_id: str, k: int) -> str:
     "An annotation line: image, class (from 1), species (1 cat, 2 dog), breed id within the species (from 1)."
     cat = PET_BREEDS[k][0].isupper()
@@ -205,6 +213,7 @@ def write_pet(root: str | Path, # the folder to pass to the loaders as `root`
 IMAGENETTE_WNIDS = ("n01440764", "n02102040", "n02979186", "n03000684", "n03028079", "n03394916", "n03417042",
                     "n03425413", "n03445777", "n03888257")
 
+# %% ../nbs/02a_synthetic.ipynb #c86579ef
 def write_imagenet_val(root: str | Path, # the folder to pass to the loaders as `root`
                        seed: int = 0, # seeds the images' noise
                       ) -> Path: # the `imagenet/val` folder
@@ -242,6 +251,7 @@ SYNTHETIC_WRITERS: dict[str, Callable[[Path, int], Path]] = {
     "imagenette": write_imagenette,
 }
 
+# %% ../nbs/02a_synthetic.ipynb #424e28b4
 def write_synthetic(name: str, # a key of `data.PAPER_DATASETS`
                     root: str | Path, # where to write: the `root` to pass to the loaders
                     seed: int = 0, # seeds the labels' order and the images' noise
@@ -257,6 +267,7 @@ def synthetic_root() -> Path:
     "The default folder of the synthetic copies: `<cache>/rehearsal/v<SYNTHETIC_VERSION>`."
     return cache_dir() / "rehearsal" / f"v{SYNTHETIC_VERSION}"
 
+# %% ../nbs/02a_synthetic.ipynb #ed1f8fec
 def _marker(root: Path, name: str) -> Path: return root / ".synthetic" / f"{name}.json"
 
 def _is_written(root: Path, name: str) -> bool:
