@@ -390,9 +390,10 @@ def _kernel(kernels: WarmKernels | None, lock_fd: int, env: dict) -> dict:
     if kernels is None: return cold()
     km = kernels.take()
     try: _hand_over(km, lock_fd, env)
-    except Exception as e:  # the warm kernel died or hung: the run is not failed for it, a cold kernel runs it
+    except Exception as e:  # the warm kernel died or hung: not the run's failure; a cold kernel runs it
         _shutdown(km)
-        tqdm.write(f"vitp: a warm kernel failed its hand-over ({type(e).__name__}: {e}); starting a fresh one")
+        tqdm.write(f"vitp: a warm kernel failed its hand-over ({type(e).__name__}: {e}); "
+                   "starting a fresh one")
         return cold()
     return dict(km=km)
 
