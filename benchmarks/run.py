@@ -1,8 +1,8 @@
 """vit-plasticity performance benchmarks: every figure is a ratio of two things measured in this run, interleaved
 and repeated (median), because the machine is shared. Targets: 1-2 the plasticity estimator (agreement with a
-naive oracle, speed, memory, scaling), 3 a finetuning step, 4 probe features, 5 papermill's per-run overhead,
-6 bf16 vs fp32 (matmul rates, estimator speed and agreement), 7 bf16 vs fp32 finetuning accuracy, 8 the whole
-process's peak memory, 9 command-line start-up, 10 the CPU loader's images/s at 224 px.
+naive oracle, speed, memory, scaling), 3 a finetuning step, 4 probe features, 5 papermill's per-run overhead
+(fresh and warm kernels), 6 bf16 vs fp32 (matmul rates, estimator speed and agreement), 7 bf16 vs fp32 finetuning
+accuracy, 8 the whole process's peak memory, 9 command-line start-up, 10 the CPU loader's images/s at 224 px.
 
     .venv/bin/python benchmarks/run.py            # the full run (about 10 min on 2 shared cores)
     .venv/bin/python benchmarks/run.py --quick    # a fast check (about 3 min), smaller sizes, fewer rounds
@@ -31,7 +31,7 @@ FULL = {1: dict(pairs=16, reps=3, pairs_max=48),
         3: dict(model="vit_small_patch16_224", img=224, batch=8, steps=2, reps=3, label="ViT-S/16, 224 px, batch 8",
                 tiny=dict(batch=64, steps=20, reps=5)),
         4: dict(model="vit_base_patch16_224", batch=8, batches=1, reps=5, label="ViT-B/16, batch 8"),
-        5: dict(reps=3, demo=True),
+        5: dict(reps=5, demo=True),
         6: dict(gemm=512, pairs=32, reps=3),
         7: dict(dataset="digits", steps=300, batch=64, lr=0.01, seeds=[0, 1, 2], min_mm_ratio=0.5),
         8: dict(pairs=16), 9: dict(reps=3), 10: dict(sides=[32, 256], seconds=5)}
