@@ -60,7 +60,7 @@ def test_a_warm_kernel_that_hangs_at_hand_over_is_replaced_by_a_fresh_one(monkey
     "The run gets a cold kernel's arguments (not a failure), and the hung warm kernel is stopped."
     km = _started_kernel(monkeypatch)
     pid = km.provisioner.pid
-    monkeypatch.setattr(grid, "HANDOVER_TIMEOUT", 2)
+    monkeypatch.setattr(grid, "KERNEL_TIMEOUT", 2)
     pool = type("OneKernel", (), {"take": lambda self: km})()
     lock_r, lock_w = os.pipe()
     t = _stall(pid, 10.0)  # stopped for longer than the hand-over waits

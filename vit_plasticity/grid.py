@@ -25,7 +25,7 @@ from .runs import (atomic_write_json, atomic_write_text, check_writable, clear_r
 from .runs import notebook_sha, record_failure, run_status, runs_root
 
 # %% auto #0
-__all__ = ['KINDS', 'WARM_MODULES', 'HANDOVER_TIMEOUT', 'GridSpecError', 'grids_dir', 'notebooks_dir', 'results_notebook',
+__all__ = ['KINDS', 'WARM_MODULES', 'KERNEL_TIMEOUT', 'GridSpecError', 'grids_dir', 'notebooks_dir', 'results_notebook',
            'load_spec', 'validate_spec', 'Run', 'expand', 'notebook_for', 'check_params', 'check_names', 'check_values',
            'check_plan', 'RunLock', 'bind_to_parent', 'run_kernel_manager', 'WarmKernels', 'current_code', 'run_state',
            'execute_run', 'grid_root', 'plan', 'grid_status', 'run_local', 'slurm_plan_settings', 'run_grid']
@@ -373,14 +373,14 @@ def _close(self: WarmKernels) -> None:
 WarmKernels.take, WarmKernels.close = _take, _close
 
 # %% ../nbs/22_grid.ipynb #a6427574
-HANDOVER_TIMEOUT = 600  # s: a kernel starved on a loaded machine answers late; only a hung one takes longer
+KERNEL_TIMEOUT = 600  # s: a kernel starved on a loaded machine answers late (at start, at hand-over)
 
 def _hand_over(km, lock_fd: int, env: dict) -> None:
     "Give a warm kernel its run: the run's lock (sent over its socket pair) and environment."
     socket.send_fds(km.handover, [b"L"], [lock_fd])
     _silent(km, f"(lambda s, o: (s.recv_fds(s.socket(fileno={km.handover_fd}), 1, 1), "
                 f"o.environ.update({env!r})))"
-                "(__import__('socket'), __import__('os'))", timeout=HANDOVER_TIMEOUT)
+                "(__import__('socket'), __import__('os'))", timeout=KERNEL_TIMEOUT)
 
 
 # %% ../nbs/22_grid.ipynb #70d4bb0d
@@ -460,7 +460,7 @@ def execute_run(run: Run, root: str | Path, device: str = "cpu", notebooks: str 
             kernel = _kernel(kernels, lock.fd, env)
             params = {**run.params, "run_dir": str(run_dir), "device": device}
             pm.execute_notebook(str(notebook), str(partial), progress_bar=False, kernel_name="python3",
-                                parameters=params, **kernel)
+                                parameters=params, start_timeout=KERNEL_TIMEOUT, **kernel)
         except Exception as e:
             return "abandoned" if ABANDON.is_set() else _fail(run_dir, partial, e)
         finally:
