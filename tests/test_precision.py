@@ -32,7 +32,7 @@ def test_bf16_keeps_the_component_ranking(summaries):
 
 def test_bad_dtype_is_refused_before_any_work():
     model = load_vit("tiny-fmnist")
-    with pytest.raises(ValueError, match="dtype=torch.float16: pass torch.float32"):
+    with pytest.raises(ValueError, match="dtype=torch.float16: pass .fp32. or torch.float32"):
         measure_plasticity(model, "fmnist", "digits", dtype=torch.float16)  # names are refused later
 
 

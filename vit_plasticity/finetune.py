@@ -29,7 +29,7 @@ from fastcore.basics import GetAttr, store_attr
 from torch import nn
 
 from .components import check_vit, family_of, num_classes, set_trainable
-from .plasticity import PRECISIONS, check_device
+from .plasticity import check_device, check_dtype
 
 # %% auto #0
 __all__ = ['opt_func', 'warmup_cosine', 'clamp_warmup', 'StepLoader', 'StepBudgetCB', 'WarmupCosineCB', 'StepLogCB', 'EvalCB',
@@ -232,16 +232,14 @@ class AutocastCB(Callback):
         self.ctx = None
 
 # %% ../nbs/13_finetune.ipynb #379cf6fe
-def _precision_cbs(precision: str, mixed_precision: bool | str = False) -> list[Callback]:
-    "`AutocastCB` for precision 'bf16', nothing for 'fp32'; a `ValueError` naming anything else."
-    if not (isinstance(precision, str) and precision in PRECISIONS):
-        raise ValueError(f"precision={precision!r}: pass 'fp32' (the paper's) or 'bf16' (autocast on the "
-                         "model's device, fp32 weights)")
-    if precision == "fp32": return []
+def _precision_cbs(precision: str | torch.dtype, mixed_precision: bool | str = False) -> list[Callback]:
+    "`AutocastCB` for precision 'bf16', nothing for 'fp32'; anything else is refused by `check_dtype`."
+    dtype = check_dtype(precision, "precision")
+    if dtype == torch.float32: return []
     if mixed_precision is not False:
         raise ValueError(f"precision={precision!r} and mixed_precision={mixed_precision!r} both ask for "
                          "autocast: pass one of them (precision='bf16' works on any device)")
-    return [AutocastCB(PRECISIONS[precision])]
+    return [AutocastCB(dtype)]
 
 # %% ../nbs/13_finetune.ipynb #c864fae3
 def _describe(b) -> str:
@@ -371,7 +369,7 @@ def selective_learner(model: nn.Module, # a supported ViT (see `check_vit`), its
                       layers: Iterable[int] | None = None, # blocks that train (None: all, the paper's)
                       train_head: bool = True, # train the head and final norm (the paper: always)
                       cbs: list[Callback] | None = None, # extra callbacks
-                      precision: str = "fp32", # "fp32" (the paper's) or "bf16" (autocast on the device)
+                      precision: str | torch.dtype = "fp32", # "fp32" (the paper's) or "bf16" (autocast)
                      ) -> Learner:
     "A plain fastai `Learner` training configuration `train` of `model` with the paper's optimisation."
     _check_learner_args(**locals())  # the arguments: no other name is bound yet

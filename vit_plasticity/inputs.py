@@ -195,13 +195,15 @@ def _measuring(model: nn.Module, dev: torch.device, dtype: torch.dtype = torch.f
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}  # fp32: the paper's; bf16: autocast
 
 # %% ../nbs/01_inputs.ipynb #4a5c111e
-def check_dtype(dtype: torch.dtype | str) -> torch.dtype:
+def check_dtype(dtype: torch.dtype | str, name: str = "dtype") -> torch.dtype:
     """`dtype` as a torch dtype if it is fp32 or bf16 (a dtype or its short name), else a `ValueError` naming
-    it."""
+    the argument `name`: the one check of both precision options (plasticity's `dtype`, finetuning's
+    `precision`)."""
     if isinstance(dtype, str) and dtype in PRECISIONS: return PRECISIONS[dtype]
     if isinstance(dtype, torch.dtype) and dtype in PRECISIONS.values(): return dtype
-    raise ValueError(f"dtype={dtype!r}: pass torch.float32 ('fp32', the paper's) or torch.bfloat16 ('bf16': "
-                     "the model's forward under bf16 autocast, distances and ratios in fp32)")
+    raise ValueError(f"{name}={dtype!r}: pass 'fp32' or torch.float32 (the paper's), or 'bf16' or "
+                     "torch.bfloat16 (bf16 autocast: matrix products in bf16; weights, distances and ratios "
+                     "stay fp32)")
 
 # %% ../nbs/01_inputs.ipynb #2155ec4d
 def _positive_int(name: str, v) -> int:
