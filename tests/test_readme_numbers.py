@@ -80,25 +80,42 @@ def test_the_readme_run_counts_are_the_grid_files():
         assert int(stated[grid].replace(",", "")) == len(expand(load_spec(grid))), grid
 
 
-PERFORMANCE_SOURCES = [  # (what the README's Performance paragraph says, the committed file, what it must hold)
-    ("to 2e-7", "benchmarks/RESULTS.md", r"\| 1a plasticity: estimator = naive oracle \|[^|]*\| 1\.\d+e-07 \|"),
-    ("1.9× faster", "benchmarks/RESULTS.md", r"\| 1b plasticity: speed-up over naive \(ViT-B/16\) \|[^|]*\| 1\.9\d* \|"),
-    ("one fifth of its peak memory", "benchmarks/RESULTS.md", r"\| 1c plasticity: peak memory[^|]*\|[^|]*\| 0\.19\d \|"),
-    ("0.69× and 0.80×", "benchmarks/RESULTS.md", r"LN1-only 0\.69 and MHA-only 0\.80"),
-    ("about 1.5 s", "benchmarks/RESULTS.md", r"\| 5b grid: papermill overhead per run, warm kernel \|[^|]*\| 1\.[45]\d* \|"),
-    ("against 18 s", "benchmarks/RESULTS.md", r"\| 5a grid: papermill overhead per run, fresh kernel \|[^|]*\| 18\.\d+ \|"),
-    ("6.5% of the two workers'", "benchmarks/RESULTS.md", r"\*\*6\.5%\*\* of the workers' time"),
-    ("to 3e-4 relative", "benchmarks/RESULTS.md", r"\| 6c plasticity: bf16 vs fp32[^|]*\|[^|]*\| 2\.\d+e-04 \|"),
-    ("0.21× on an AVX2-only", "benchmarks/RESULTS.md", r"\| 6b plasticity: bf16 estimator speed / fp32 \|[^|]*\| 0\.21\d \|"),
-    ("0.79× the", "benchmarks/RESULTS.md", r"\| 8  memory: whole-process peak[^|]*\|[^|]*\| 0\.79\d* \|"),
-    ("takes 782 MiB", "benchmarks/RESULTS.md", r"the imports alone: 782 MiB"),
-    ("starts in 0.67 s", "benchmarks/RESULTS.md", r"\| 9  start-up: vitp --help \| 0\.67 s"),
-    ("in 1.2 s", "benchmarks/RESULTS.md", r"\| 9  start-up: vitp grid status paper \| 1\.20 s"),
-    ("about 290 H100-hours", "nbs/22a_cost.ipynb", r"\b2(8[5-9]|9[0-4])\.\d"),  # the replayed plan's total
-    ("against 4,280 in fp32", "nbs/22a_cost.ipynb", r"\b42(7[5-9]|8[0-4])\.\d"),
+# (what the README's Performance paragraph says, the committed file it comes from, what that file must hold)
+PERFORMANCE_SOURCES = [
+    ("to 2e-7", "benchmarks/RESULTS.md",
+     r"\| 1a plasticity: estimator = naive oracle \|[^|]*\| 1\.\d+e-07 \|"),
+    ("1.9× faster", "benchmarks/RESULTS.md",
+     r"\| 1b plasticity: speed-up over naive \(ViT-B/16\) \|[^|]*\| 1\.9\d* \|"),
+    ("one fifth of its peak memory", "benchmarks/RESULTS.md",
+     r"\| 1c plasticity: peak memory[^|]*\|[^|]*\| 0\.19\d \|"),
+    ("0.69× and 0.80×", "benchmarks/RESULTS.md",
+     r"LN1-only 0\.69 and MHA-only 0\.80"),
+    ("about 1.5 s", "benchmarks/RESULTS.md",
+     r"\| 5b grid: papermill overhead per run, warm kernel \|[^|]*\| 1\.[45]\d* \|"),
+    ("against 18 s", "benchmarks/RESULTS.md",
+     r"\| 5a grid: papermill overhead per run, fresh kernel \|[^|]*\| 18\.\d+ \|"),
+    ("6.5% of the two workers'", "benchmarks/RESULTS.md",
+     r"\*\*6\.5%\*\* of the workers' time"),
+    ("to 3e-4 relative", "benchmarks/RESULTS.md",
+     r"\| 6c plasticity: bf16 vs fp32[^|]*\|[^|]*\| 2\.\d+e-04 \|"),
+    ("0.21× on an AVX2-only", "benchmarks/RESULTS.md",
+     r"\| 6b plasticity: bf16 estimator speed / fp32 \|[^|]*\| 0\.21\d \|"),
+    ("0.79× the", "benchmarks/RESULTS.md",
+     r"\| 8  memory: whole-process peak[^|]*\|[^|]*\| 0\.79\d* \|"),
+    ("takes 782 MiB", "benchmarks/RESULTS.md",
+     r"the imports alone: 782 MiB"),
+    ("starts in 0.67 s", "benchmarks/RESULTS.md",
+     r"\| 9  start-up: vitp --help \| 0\.67 s"),
+    ("in 1.2 s", "benchmarks/RESULTS.md",
+     r"\| 9  start-up: vitp grid status paper \| 1\.20 s"),
+    ("about 290 H100-hours", "nbs/22a_cost.ipynb",  # the replayed plan's total
+     r"\b2(8[5-9]|9[0-4])\.\d"),
+    ("against 4,280 in fp32", "nbs/22a_cost.ipynb",
+     r"\b42(7[5-9]|8[0-4])\.\d"),
 ]
 
-@pytest.mark.parametrize("said, source, pattern", PERFORMANCE_SOURCES, ids=[c[0] for c in PERFORMANCE_SOURCES])
+@pytest.mark.parametrize("said, source, pattern", PERFORMANCE_SOURCES,
+                         ids=[c[0] for c in PERFORMANCE_SOURCES])
 def test_the_readme_performance_numbers_are_the_committed_records(said, source, pattern):
     "Each number of the README's Performance paragraph is in the committed record it comes from."
     section = README[README.index("## Performance"):README.index("## The notebooks")]
