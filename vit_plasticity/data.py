@@ -49,11 +49,19 @@ __all__ = ['FMNIST_DIR', 'TINY_IMG_SIZE', 'FMNIST_MEAN', 'FMNIST_STD', 'IMAGENET
 
 # %% ../nbs/02_data.ipynb #d22925dc
 FMNIST_DIR = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist (idx files, gzipped)
+
+# %% ../nbs/02_data.ipynb #17b797a7
 # offline benchmark image side: Fashion-MNIST zero-padded 28 -> 32 (imagecorruptions needs >= 32)
 TINY_IMG_SIZE = 32
+
+# %% ../nbs/02_data.ipynb #6c899368
 # pixel mean/std of the padded 32x32 Fashion-MNIST train images, in [0, 1]
 FMNIST_MEAN, FMNIST_STD = (0.2190,), (0.3318,)
+
+# %% ../nbs/02_data.ipynb #01b5d77f
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # the paper's normalisation
+
+# %% ../nbs/02_data.ipynb #d4861bbf
 FMNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
                   "Ankle boot")
 
@@ -61,9 +69,11 @@ FMNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal
 class DataFormatError(ValueError):
     "A data file or folder that exists but is malformed: wrong header, size, shape, or no images."
 
+# %% ../nbs/02_data.ipynb #afabd7e7
 class IdxFormatError(DataFormatError):
     "An idx file whose header or size is invalid (corrupt or truncated)."
 
+# %% ../nbs/02_data.ipynb #3e8f9579
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 def _read_bytes(path: Path) -> bytes:
@@ -73,7 +83,6 @@ def _read_bytes(path: Path) -> bytes:
     except (EOFError, OSError) as e:
         raise IdxFormatError(f"{path}: truncated or corrupt gzip stream ({e})") from e
 
-# %% ../nbs/02_data.ipynb #3e8f9579
 def read_idx(path: str | Path, # an idx file (`*-ubyte`), gzipped or not
             ) -> np.ndarray:   # the array, in native byte order
     "Read an idx file (the MNIST format), checking its magic number, dimensions and byte count."
@@ -95,6 +104,7 @@ def cache_dir(cache: str | Path | None = None) -> Path:
     default = Path.home() / ".cache" / "vit_plasticity"
     return Path(cache or os.environ.get("VITP_CACHE") or default).expanduser()
 
+# %% ../nbs/02_data.ipynb #c082e877
 class DataNotFoundError(FileNotFoundError):
     "A dataset's files are missing or incomplete and cannot be downloaded; the message says layout, source."
 
@@ -148,12 +158,16 @@ def split_idxs(idxs: int | Sequence[int], # a number of items, or the indices to
 
 # %% ../nbs/02_data.ipynb #189970fb
 FIXED_SPLITS = ("numpy", "torch")  # the authors' fixed 80/20 split (default), and the project's earlier one
+
+# %% ../nbs/02_data.ipynb #81bc7fa3
 FIXED_TEST_SEED = 42  # seed of the fixed train/test split of CIFAR-10-C and DomainNet
 
+# %% ../nbs/02_data.ipynb #b9721940
 def _check_choice(arg: str, value, valid: tuple) -> None:
     "A `ValueError` naming the argument, its bad value and the valid ones, unless `value` is valid."
     if value not in valid: raise ValueError(f"{arg}={value!r} is not one of {valid}")
 
+# %% ../nbs/02_data.ipynb #04090ac8
 def fixed_split_idxs(n: int, # number of items
                      fixed_split: str = "numpy", # one of `FIXED_SPLITS`
                      seed: int = FIXED_TEST_SEED, # seed of the permutation
@@ -168,6 +182,7 @@ def fixed_split_idxs(n: int, # number of items
 # %% ../nbs/02_data.ipynb #d812564d
 SPLIT_RULES = ("official", "fixed", "given")
 
+# %% ../nbs/02_data.ipynb #b50a237d
 def split_parts(parts: tuple, # (train, test) "official", (all,) "fixed", (train, val, test) "given"
                 rule: str, # one of `SPLIT_RULES`
                 seed: int, # the run seed: draws the train/valid split
@@ -273,6 +288,7 @@ class CifarFiles(NamedTuple):
     label_key: str  # the labels in a batch
     names_key: str  # the class names in `meta`
 
+# %% ../nbs/02_data.ipynb #44d59574
 CIFAR = {10: CifarFiles("cifar-10-batches-py", "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
                         "c58f30108f718f92721af3b95e74349a", tuple(f"data_batch_{k}" for k in range(1, 6)),
                         ("test_batch",), "batches.meta", "labels", "label_names"),
@@ -350,10 +366,17 @@ def load_cifar(root: str | Path, # folder holding `cifar-10-batches-py/` or `cif
 # %% ../nbs/02_data.ipynb #0535789c
 # the paper's five
 CIFAR10C_CORRUPTIONS = ("contrast", "gaussian_noise", "motion_blur", "snow", "speckle_noise")
+
+# %% ../nbs/02_data.ipynb #387c3a75
 CIFAR10C_SEVERITY = 5  # the paper's severity
+
+# %% ../nbs/02_data.ipynb #4fdb1f39
 CIFAR10C_URL = "https://zenodo.org/records/2535967/files/CIFAR-10-C.tar"  # the official record
+
+# %% ../nbs/02_data.ipynb #c3a9b8f5
 CIFAR10C_MD5 = "56bf5dcef84df0e2308c6dcbcbbd8499"
 
+# %% ../nbs/02_data.ipynb #e04f03de
 def severity_rows(severity: int, # 1 (mildest) to 5
                   block: int = 10_000, # rows per severity
                  ) -> slice:
@@ -394,8 +417,11 @@ def load_cifar10c(root: str | Path, # folder holding `CIFAR-10-C/`
 # %% ../nbs/02_data.ipynb #a5674530
 DOMAINNET_URLS = {"clipart": "http://csr.bu.edu/ftp/visda/2019/multi-source/groundtruth/clipart.zip",
                   "sketch": "http://csr.bu.edu/ftp/visda/2019/multi-source/sketch.zip"}  # the official zips
+
+# %% ../nbs/02_data.ipynb #ed03987b
 DOMAINNET_CLASSES = 345
 
+# %% ../nbs/02_data.ipynb #699d64cc
 def load_domainnet(root: str | Path, # folder holding `domainnet/<domain>/<class>/*.jpg`
                    domain: str, # "clipart" or "sketch"
                    download: bool = False, # fetch and extract the official zip when absent
@@ -417,8 +443,11 @@ class ImageFiles(Dataset):
 
 # %% ../nbs/02_data.ipynb #d0daf543
 FLOWERS_SETS = {"train": "trnid", "val": "valid", "test": "tstid"}  # official sets: keys in setid.mat
+
+# %% ../nbs/02_data.ipynb #c55c51d8
 FLOWERS_FILES = ("jpg", "imagelabels.mat", "setid.mat")
 
+# %% ../nbs/02_data.ipynb #d938a4ca
 def _mat_array(path: Path, key: str) -> np.ndarray:
     "The integer vector `key` of the MATLAB file `path`, or a `DataFormatError`."
     from scipy.io import loadmat
@@ -469,6 +498,7 @@ def load_imagenet_val(root: str | Path) -> tuple[Dataset]:
     "ImageNet-1k validation (50,000 images, 1,000 classes) from the local folder `root/imagenet/val/<wnid>/`."
     return (image_folder(Path(root) / "imagenet" / "val", 1000),)
 
+# %% ../nbs/02_data.ipynb #9ee47328
 def load_imagenette(root: str | Path, download: bool = False) -> tuple[Dataset, Dataset]:
     "Imagenette (320 px) from torchvision: the official (train, val) sets, 10 ImageNet classes."
     from torchvision.datasets import Imagenette
@@ -479,6 +509,7 @@ def load_imagenette(root: str | Path, download: bool = False) -> tuple[Dataset, 
 # %% ../nbs/02_data.ipynb #838ec39d
 TINY_PAD = (TINY_IMG_SIZE - 28) // 2  # zero rows/columns added on each side of a 28x28 image
 
+# %% ../nbs/02_data.ipynb #275475bc
 def pad_tiny(images: np.ndarray | torch.Tensor) -> np.ndarray:
     "Zero-pad uint8 images (N, 28, 28) to (N, 32, 32)."
     return np.pad(np.asarray(images), ((0, 0), (TINY_PAD, TINY_PAD), (TINY_PAD, TINY_PAD)))
@@ -545,8 +576,11 @@ from .files import atomic_write  # temporary file, flush, rename (files notebook
 
 # %% ../nbs/02_data.ipynb #38e80807
 BENCHMARK_VERSION = 1  # bump when a generator changes: cached arrays carry it in their names
+
+# %% ../nbs/02_data.ipynb #b105a38c
 TINY_DOMAINS = (*CIFAR10C_CORRUPTIONS, "sketch", "digits")  # the offline target domains
 
+# %% ../nbs/02_data.ipynb #c5010701
 def make_domain(domain: str, # one of `TINY_DOMAINS` but "digits"
                 images: np.ndarray, # uint8 (N, 32, 32) padded Fashion-MNIST images
                 progress: bool = False, # show a progress bar
@@ -663,15 +697,21 @@ BENCHMARK_DATASETS = {
         "fixed", 10, "scikit-learn's bundled digits" if k == "digits" else _FM, tiny=True)
        for k in TINY_DOMAINS},
 }
+
+# %% ../nbs/02_data.ipynb #0bd84dae
 DATASETS = {**PAPER_DATASETS, **BENCHMARK_DATASETS}  # every dataset `dataloaders` knows, by name
 
 # %% ../nbs/02_data.ipynb #2a5d3390
 FOLDER_PREFIX = "folder:"  # dataset name of an image folder: "folder:/data/my-images"
+
+# %% ../nbs/02_data.ipynb #fc4125cc
 SPLIT_FOLDERS = ("train", "val", "test")
 
+# %% ../nbs/02_data.ipynb #be6208e6
 class FolderNotFoundError(DataNotFoundError, ValueError):
     "A `folder:PATH` dataset whose folder does not exist (a `ValueError` too: grid checks refuse it at once)."
 
+# %% ../nbs/02_data.ipynb #6da51f5c
 def _image_files(folder: Path) -> list[Path]:
     "The image files directly in `folder`, by name (torchvision's image extensions)."
     from torchvision.datasets.folder import IMG_EXTENSIONS
@@ -738,6 +778,7 @@ def dataset_spec(name: str) -> DatasetSpec:
         raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(DATASETS)}, or folder:PATH")
     return DATASETS[name]
 
+# %% ../nbs/02_data.ipynb #ff6ab522
 def _root(spec: DatasetSpec, root, cache) -> Path | None:
     if spec.folder is not None and root is not None:
         raise ValueError(f"root={str(root)!r} with folder:{spec.folder}: the folder's path is the dataset; "
@@ -849,12 +890,14 @@ def dataloaders(name: str, # a key of `DATASETS`, or folder:PATH
 # %% ../nbs/02_data.ipynb #cbdd8e8a
 PAIRINGS = ("authors", "cycle_all")  # the authors' restarted drop_last loader (default), every image cycled
 
+# %% ../nbs/02_data.ipynb #7a1cbe1e
 def _check_pairing(n: int | None, batch_size: int, pairing: str) -> None:
     "A `ValueError` unless `pairing` is one of `PAIRINGS`, `batch_size` >= 1 and `n` is None or >= 0."
     _check_choice("pairing", pairing, PAIRINGS)
     if batch_size < 1: raise ValueError(f"batch_size={batch_size}: a batch holds at least one image")
     if n is not None and n < 0: raise ValueError(f"n={n}: the number of pairs cannot be negative")
 
+# %% ../nbs/02_data.ipynb #5fed2b16
 def pairing_idxs(idxs: Sequence[int], # the sample's items in order: a test split, or a whole folder
                  n: int | None = None, # number of pairs (default: one pass of the loader)
                  batch_size: int = 64, # the batch size of the authors' loader

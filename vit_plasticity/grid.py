@@ -32,9 +32,12 @@ __all__ = ['KINDS', 'WARM_MODULES', 'KERNEL_TIMEOUT', 'GridSpecError', 'grids_di
 
 # %% ../nbs/22_grid.ipynb #01bd7fd4
 KINDS = ("plasticity", "bounds", "finetune", "linear_probe")  # one experiment notebook each
+
+# %% ../nbs/22_grid.ipynb #4624688f
 _SPEC_KEYS = {"name", "description", "defaults", "blocks", "slurm"}
 _BLOCK_KEYS = {"kind", "params", "grid", "description"}
 
+# %% ../nbs/22_grid.ipynb #be5fe8e4
 class GridSpecError(ValueError):
     "A grid specification that cannot be expanded: the message names the key and the fix."
 
@@ -43,16 +46,19 @@ def grids_dir() -> Path:
     "Folder of the committed grid specifications."
     return Path(vit_plasticity.__file__).resolve().parent / "grids"
 
+# %% ../nbs/22_grid.ipynb #f26b59f4
 def _shipped_notebooks() -> Path:
     "The checkout's `nbs/` (a checkout runs its notebooks itself), else the wheel's copy of them."
     nbs = Path(vit_plasticity.__file__).resolve().parents[1] / "nbs"
     return nbs if (nbs / "experiments").is_dir() else Path(str(files("vit_plasticity"))) / "notebooks"
 
+# %% ../nbs/22_grid.ipynb #36ecc5f2
 def notebooks_dir() -> Path:
     "Folder of the experiment notebooks: $VITP_NOTEBOOKS, else `nbs/experiments`, else the wheel's copy."
     if env := os.environ.get("VITP_NOTEBOOKS"): return Path(env)
     return _shipped_notebooks() / "experiments"
 
+# %% ../nbs/22_grid.ipynb #33dd4695
 def results_notebook() -> Path:
     "The results notebook the report executes (the checkout's or the wheel's, whatever $VITP_NOTEBOOKS says)."
     return _shipped_notebooks() / "results.ipynb"
@@ -237,6 +243,7 @@ def check_values(runs: list[Run]) -> None:
         if bad := [e for k, v in r.params.items() if (e := _value_error(k, v))]:
             raise GridSpecError(f"run {r.id}: {'; '.join(bad)}; fix the grid file")
 
+# %% ../nbs/22_grid.ipynb #2673122b
 def check_plan(runs: list[Run], notebooks: str | Path | None = None) -> None:
     "Every check of a plan that needs no data: parameter names and types, library names, values."
     check_params(runs, notebooks)
@@ -274,6 +281,7 @@ def bind_to_parent(cmd: list[str], parent: int | None = None) -> list[str]:
 # %% ../nbs/22_grid.ipynb #a3c17124
 _KERNELS = weakref.WeakSet()  # the kernel managers of the runs in flight: a second Ctrl-C stops their kernels
 
+# %% ../nbs/22_grid.ipynb #d4b72d53
 def run_kernel_manager(lock_fd: int, env: dict | None = None) -> type:
     "A kernel manager class whose kernels hold the run's lock (`lock_fd`), get `env`, die with this process."
     from jupyter_client import AsyncKernelManager
@@ -287,6 +295,7 @@ def run_kernel_manager(lock_fd: int, env: dict | None = None) -> type:
             return await super().start_kernel(**{**kw, "pass_fds": (*kw.get("pass_fds", ()), lock_fd)})
     return RunKernelManager
 
+# %% ../nbs/22_grid.ipynb #ee4abe96
 def _kill_kernels() -> None:
     "SIGKILL every kernel of a run in flight (the runs stay partial and are redone next time)."
     for km in list(_KERNELS):
@@ -300,6 +309,8 @@ WARM_MODULES = ("torch", "torchvision", "timm", "fastai.learner", "pandas", "mat
                 "vit_plasticity.finetune", "vit_plasticity.plasticity", "vit_plasticity.probe",
                 "vit_plasticity.bounds", "vit_plasticity.data",
                 "vit_plasticity.models")  # the experiments' imports
+
+# %% ../nbs/22_grid.ipynb #9ac377c8
 _WARM_CODE = f"[__import__('importlib').import_module(m) for m in {WARM_MODULES!r}]"  # no name defined
 
 def _silent(km, code: str, timeout: float = 600) -> None:
@@ -375,13 +386,13 @@ WarmKernels.take, WarmKernels.close = _take, _close
 # %% ../nbs/22_grid.ipynb #a6427574
 KERNEL_TIMEOUT = 600  # s: a kernel starved on a loaded machine answers late (at start, at hand-over)
 
+# %% ../nbs/22_grid.ipynb #43d66c6d
 def _hand_over(km, lock_fd: int, env: dict) -> None:
     "Give a warm kernel its run: the run's lock (sent over its socket pair) and environment."
     socket.send_fds(km.handover, [b"L"], [lock_fd])
     _silent(km, f"(lambda s, o: (s.recv_fds(s.socket(fileno={km.handover_fd}), 1, 1), "
                 f"o.environ.update({env!r})))"
                 "(__import__('socket'), __import__('os'))", timeout=KERNEL_TIMEOUT)
-
 
 # %% ../nbs/22_grid.ipynb #70d4bb0d
 def _kernel(kernels: WarmKernels | None, lock_fd: int, env: dict) -> dict:
@@ -428,6 +439,7 @@ def current_code(kind: str, notebooks: str | Path | None = None) -> dict:
     "The digests a run of `kind` records: the library's and its experiment notebook's."
     return dict(library_sha=library_sha(), notebook_sha=notebook_sha(notebook_for(kind, notebooks)))
 
+# %% ../nbs/22_grid.ipynb #f322f7e7
 def run_state(run_dir: Path, code: dict) -> str:
     "`run_status`, and 'stale' for a done run whose recorded code is not `code` (or unknown)."
     status = run_status(run_dir)
@@ -436,6 +448,7 @@ def run_state(run_dir: Path, code: dict) -> str:
     except (OSError, ValueError, AttributeError): recorded = {}
     return "done" if all(recorded.get(k) == v for k, v in code.items()) else "stale"
 
+# %% ../nbs/22_grid.ipynb #ec569086
 def _needs_run(state: str, retry_failed: bool, rerun_stale: bool) -> bool:
     "Whether a run in `state` executes: not done, nor failed (unless retried), nor stale (unless redone)."
     return not (state == "done" or (state == "failed" and not retry_failed)
@@ -472,6 +485,7 @@ def grid_root(spec: dict, root: str | Path | None = None) -> Path:
     "Folder of a grid's runs: `root` or runs_root()/<grid name>."
     return Path(root) if root else runs_root() / spec["name"]
 
+# %% ../nbs/22_grid.ipynb #de8ef6e3
 def plan(spec: dict | str | Path, # a grid: its name, a YAML path, or the loaded specification
          root: str | Path | None = None, # folder of its runs (default runs/<grid>, or runs/rehearsal/<grid>)
          rehearse: bool = False, # the grid's rehearsal: stand-in models, synthetic data, small sizes
@@ -484,6 +498,7 @@ def plan(spec: dict | str | Path, # a grid: its name, a YAML path, or the loaded
     if rehearse: return rehearse_runs(runs, rehearsal_data_root()), rehearsal_root(spec["name"], root)
     return runs, grid_root(spec, root)
 
+# %% ../nbs/22_grid.ipynb #4adfcd21
 def grid_status(spec: dict | str | Path, root: str | Path | None = None, rehearse: bool = False,
                 sample: int | None = None, notebooks: str | Path | None = None) -> dict[str, str]:
     "Status of every run of a grid's plan, by run id: done, stale, failed, partial or missing."
@@ -556,6 +571,7 @@ def _check_options(executor: str, jobs: int | None) -> None:
     if not (jobs is None or (isinstance(jobs, int) and not isinstance(jobs, bool) and jobs >= 1)):
         raise ValueError(f"jobs={jobs!r}: use a positive integer")
 
+# %% ../nbs/22_grid.ipynb #0bc137b0
 def slurm_plan_settings(spec: dict, overrides: dict | None = None, rehearse: bool = False,
                         check: bool = False):
     "The SLURM settings of each kind of a grid (a function of the kind): its slurm block, then `overrides`."
