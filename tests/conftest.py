@@ -8,7 +8,7 @@ Which cluster, decided once per session:
 4. otherwise: skip, saying how to run these tests.
 Jobs inherit the submitting process's environment, so SLURM_CONF, set here for the throwaway cluster, also
 reaches the `scontrol requeue` that submitit runs inside a job."""
-import os, shutil, subprocess, tempfile, time
+import os, shutil, signal, subprocess, tempfile, time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +23,10 @@ HOWTO = ("these tests need a SLURM cluster: run them as root on Debian/Ubuntu wi
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slurm: submits jobs to a SLURM cluster (fixture `slurm_cluster`)")
+    # Ctrl-C as at a terminal for every launcher the tests start: a test session run from a background job
+    # (nohup, `cmd &` in a script) inherits SIGINT ignored, its launchers then ignore the Ctrl-C the tests send,
+    # and the Ctrl-C test saw a launcher run all its runs and exit 0. A handled SIGINT is default in children.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 @dataclass
 class SlurmCluster:

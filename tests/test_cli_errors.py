@@ -68,11 +68,8 @@ def test_ctrl_c_waits_for_the_runs_in_flight_exits_130_and_a_rerun_resumes(tmp_p
     spec = {"name": "sleepy", "blocks": [{"kind": "finetune", "grid": {"lr": [0.1, 0.2, 0.3, 0.4]}}]}
     (tmp_path / "sleepy.yaml").write_text(yaml.safe_dump(spec))
     argv = ["grid", "run", str(tmp_path / "sleepy.yaml"), "--root", str(tmp_path / "runs"), "--jobs", "1"]
-    # Ctrl-C as at a terminal: a test run from a background job (nohup, `cmd &` in a script) inherits SIGINT
-    # ignored, and a launcher started so is rightly not stopped by it (it exited 0 after all four runs)
-    at_terminal = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)
     proc = subprocess.Popen([sys.executable, "-c", LAUNCH, *argv], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, preexec_fn=at_terminal)
+                            stderr=subprocess.PIPE, text=True)
     ids = [r.id for r in expand(spec)]
     end = time.monotonic() + 120
     while not any((tmp_path / "runs" / i / "params.json").exists() for i in ids):  # a run in flight
