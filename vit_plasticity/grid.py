@@ -310,10 +310,13 @@ WARM_MODULES = ("torch", "torchvision", "timm", "fastai.learner", "pandas", "mat
                 "vit_plasticity.bounds", "vit_plasticity.data",
                 "vit_plasticity.models")  # the experiments' imports
 
+# %% ../nbs/22_grid.ipynb #a6427574
+KERNEL_TIMEOUT = 600  # s: a kernel starved on a loaded machine answers late (at start, at hand-over)
+
 # %% ../nbs/22_grid.ipynb #9ac377c8
 _WARM_CODE = f"[__import__('importlib').import_module(m) for m in {WARM_MODULES!r}]"  # no name defined
 
-def _silent(km, code: str, timeout: float = 600) -> None:
+def _silent(km, code: str, timeout: float = KERNEL_TIMEOUT) -> None:
     "Execute `code` in `km`'s kernel without output, history or names; raise if it fails."
     from jupyter_client import BlockingKernelClient
     kc = BlockingKernelClient(parent=km)  # alive = its process runs (asked of `km`), not "beat within 1 s"
@@ -382,9 +385,6 @@ def _close(self: WarmKernels) -> None:
     self.starters.shutdown(wait=False)
 
 WarmKernels.take, WarmKernels.close = _take, _close
-
-# %% ../nbs/22_grid.ipynb #a6427574
-KERNEL_TIMEOUT = 600  # s: a kernel starved on a loaded machine answers late (at start, at hand-over)
 
 # %% ../nbs/22_grid.ipynb #43d66c6d
 def _hand_over(km, lock_fd: int, env: dict) -> None:
