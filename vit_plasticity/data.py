@@ -37,15 +37,15 @@ __all__ = ['FMNIST_DIR', 'TINY_IMG_SIZE', 'FMNIST_MEAN', 'FMNIST_STD', 'IMAGENET
            'FIXED_SPLITS', 'FIXED_TEST_SEED', 'SPLIT_RULES', 'NORMALIZATIONS', 'CIFAR', 'CIFAR10C_CORRUPTIONS',
            'CIFAR10C_SEVERITY', 'CIFAR10C_URL', 'CIFAR10C_MD5', 'DOMAINNET_URLS', 'DOMAINNET_CLASSES', 'FLOWERS_SETS',
            'FLOWERS_FILES', 'TINY_PAD', 'BENCHMARK_VERSION', 'TINY_DOMAINS', 'PAPER_DATASETS', 'BENCHMARK_DATASETS',
-           'DATASETS', 'FOLDER_PREFIX', 'SPLIT_FOLDERS', 'PAIRINGS', 'DataFormatError', 'IdxFormatError', 'read_idx',
-           'cache_dir', 'DataNotFoundError', 'load_fashion_mnist', 'split_idxs', 'fixed_split_idxs', 'split_parts',
-           'ArrayDataset', 'Split', 'image_folder', 'normalization', 'paper_transforms', 'CifarFiles',
-           'read_cifar_batch', 'load_cifar', 'severity_rows', 'load_cifar10c', 'load_domainnet', 'ImageFiles',
-           'load_flowers102', 'load_pet', 'load_imagenet_val', 'load_imagenette', 'pad_tiny', 'corrupt_gray',
-           'sketch_images', 'digits_images', 'make_domain', 'tiny_domain', 'generation_times', 'RandomShift',
-           'tiny_transforms', 'DatasetSpec', 'FolderNotFoundError', 'folder_layout', 'folder_parts', 'folder_spec',
-           'dataset_spec', 'dataset_transforms', 'raw_parts', 'dataset_splits', 'dataloaders', 'pairing_idxs',
-           'plasticity_sample', 'plasticity_images']
+           'DATASETS', 'FOLDER_PREFIX', 'SPLIT_FOLDERS', 'DataFormatError', 'IdxFormatError', 'read_idx', 'cache_dir',
+           'DataNotFoundError', 'load_fashion_mnist', 'split_idxs', 'fixed_split_idxs', 'split_parts', 'ArrayDataset',
+           'Split', 'image_folder', 'normalization', 'paper_transforms', 'CifarFiles', 'read_cifar_batch', 'load_cifar',
+           'severity_rows', 'load_cifar10c', 'load_domainnet', 'ImageFiles', 'load_flowers102', 'load_pet',
+           'load_imagenet_val', 'load_imagenette', 'pad_tiny', 'corrupt_gray', 'sketch_images', 'digits_images',
+           'make_domain', 'tiny_domain', 'generation_times', 'RandomShift', 'tiny_transforms', 'DatasetSpec',
+           'FolderNotFoundError', 'folder_layout', 'folder_parts', 'folder_spec', 'dataset_spec', 'dataset_transforms',
+           'raw_parts', 'dataset_splits', 'dataloaders', 'pairing_idxs', 'plasticity_sample', 'plasticity_images',
+           'PAIRINGS']
 
 # %% ../nbs/02_data.ipynb #d22925dc
 FMNIST_DIR = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist (idx files, gzipped)
@@ -888,7 +888,8 @@ def dataloaders(name: str, # a key of `DATASETS`, or folder:PATH
     return dls
 
 # %% ../nbs/02_data.ipynb #cbdd8e8a
-PAIRINGS = ("authors", "cycle_all")  # the authors' restarted drop_last loader (default), every image cycled
+from .inputs import PAIRINGS  # the authors' loader (default), every image cycled
+_all_ = ["PAIRINGS"]  # still one of this module's public names
 
 # %% ../nbs/02_data.ipynb #7a1cbe1e
 def _check_pairing(n: int | None, batch_size: int, pairing: str) -> None:
