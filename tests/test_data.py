@@ -528,3 +528,33 @@ def test_finetune_on_a_folder_at_the_models_input(tmp_path):
     metrics, history = finetune(model, dls, dls[2], train="MHA", lr=0.01, n_steps=2, warmup_steps=1,
                                 eval_period=1, seed=0)
     assert metrics["n_steps"] == 2 and 0 <= metrics["test_acc"] <= 1 and len(history) >= 2, metrics
+
+
+def finetune_metrics(root: Path, cache: Path, batched: bool) -> tuple[dict, dict]:
+    "A short MHA finetuning of the shipped tiny ViT on a fake Fashion-MNIST with noise, its loaders built so."
+    from vit_plasticity.finetune import finetune, reset_head, seed_run
+    from vit_plasticity.models import load_vit
+    net = load_vit("tiny-fmnist")
+    seed_run(3)
+    dls = D.dataloaders("fmnist-gaussian_noise", root=root, cache=cache, seed=3, bs=8, model=net, batched=batched)
+    m, hist = finetune(reset_head(net, dls.c, 3), dls, dls[2], train=["MHA"], lr=0.1, n_steps=12, seed=3,
+                       new_head=False, warmup_steps=2, eval_period=3)
+    hist = hist.drop(columns=[c for c in hist.columns if "time" in c or "per_s" in c]).fillna(-1.0)
+    return {k: v for k, v in m.items() if k not in ("images_per_s", "wall_time_s")}, hist.to_dict("list")
+
+
+def test_whole_batches_finetune_exactly_as_image_by_image(tmp_path):
+    # 64 training images, 8 batches of 8: 12 steps go round them 1.5 times (no partial batch: see the notebook)
+    root, cache = fake_fmnist(tmp_path / "fm", 100), tmp_path / "cache"
+    assert type(D.dataloaders("fmnist-gaussian_noise", root=root, cache=cache, bs=8).train) is D.ArrayLoader
+    assert finetune_metrics(root, cache, True) == finetune_metrics(root, cache, False)
+
+
+def test_whole_batches_with_workers_and_checkpoint_statistics(tmp_path):
+    from vit_plasticity.models import load_vit
+    root, net = fake_fmnist(tmp_path, 20), load_vit("tiny-fmnist")
+    one = [D.dataloaders("fmnist", root=root, bs=4, normalize="checkpoint", model=net, batched=b)[2].one_batch()
+           for b in (True, False)]
+    assert torch.equal(one[0][0], one[1][0]) and torch.equal(one[0][1], one[1][1])
+    dls = D.dataloaders("fmnist", root=root, bs=4, num_workers=1)
+    assert type(dls.train) is D.ArrayLoader and dls.one_batch()[0].shape == (4, 1, 32, 32)

@@ -36,16 +36,16 @@ from tqdm import tqdm
 __all__ = ['FMNIST_DIR', 'TINY_IMG_SIZE', 'FMNIST_MEAN', 'FMNIST_STD', 'IMAGENET_MEAN', 'IMAGENET_STD', 'FMNIST_CLASSES',
            'FIXED_SPLITS', 'FIXED_TEST_SEED', 'SPLIT_RULES', 'NORMALIZATIONS', 'CIFAR', 'CIFAR10C_CORRUPTIONS',
            'CIFAR10C_SEVERITY', 'CIFAR10C_URL', 'CIFAR10C_MD5', 'DOMAINNET_URLS', 'DOMAINNET_CLASSES', 'FLOWERS_SETS',
-           'FLOWERS_FILES', 'TINY_PAD', 'BENCHMARK_VERSION', 'TINY_DOMAINS', 'PAPER_DATASETS', 'BENCHMARK_DATASETS',
-           'DATASETS', 'FOLDER_PREFIX', 'SPLIT_FOLDERS', 'DataFormatError', 'IdxFormatError', 'read_idx', 'cache_dir',
-           'DataNotFoundError', 'load_fashion_mnist', 'split_idxs', 'fixed_split_idxs', 'split_parts', 'ArrayDataset',
-           'Split', 'image_folder', 'normalization', 'paper_transforms', 'CifarFiles', 'read_cifar_batch', 'load_cifar',
-           'severity_rows', 'load_cifar10c', 'load_domainnet', 'ImageFiles', 'load_flowers102', 'load_pet',
-           'load_imagenet_val', 'load_imagenette', 'pad_tiny', 'corrupt_gray', 'sketch_images', 'digits_images',
-           'make_domain', 'tiny_domain', 'generation_times', 'RandomShift', 'tiny_transforms', 'DatasetSpec',
-           'FolderNotFoundError', 'folder_layout', 'folder_parts', 'folder_spec', 'dataset_spec', 'dataset_transforms',
-           'raw_parts', 'dataset_splits', 'dataloaders', 'pairing_idxs', 'plasticity_sample', 'plasticity_images',
-           'PAIRINGS']
+           'FLOWERS_FILES', 'TINY_PAD', 'BENCHMARK_VERSION', 'TINY_DOMAINS', 'TINY_MAX_SHIFT', 'PAPER_DATASETS',
+           'BENCHMARK_DATASETS', 'DATASETS', 'FOLDER_PREFIX', 'SPLIT_FOLDERS', 'DataFormatError', 'IdxFormatError',
+           'read_idx', 'cache_dir', 'DataNotFoundError', 'load_fashion_mnist', 'split_idxs', 'fixed_split_idxs',
+           'split_parts', 'ArrayDataset', 'Split', 'image_folder', 'normalization', 'paper_transforms', 'CifarFiles',
+           'read_cifar_batch', 'load_cifar', 'severity_rows', 'load_cifar10c', 'load_domainnet', 'ImageFiles',
+           'load_flowers102', 'load_pet', 'load_imagenet_val', 'load_imagenette', 'pad_tiny', 'corrupt_gray',
+           'sketch_images', 'digits_images', 'make_domain', 'tiny_domain', 'generation_times', 'RandomShift',
+           'tiny_transforms', 'shift_batch', 'TinyBatchTransform', 'ArrayLoader', 'DatasetSpec', 'FolderNotFoundError',
+           'folder_layout', 'folder_parts', 'folder_spec', 'dataset_spec', 'dataset_transforms', 'raw_parts',
+           'dataset_splits', 'dataloaders', 'pairing_idxs', 'plasticity_sample', 'plasticity_images', 'PAIRINGS']
 
 # %% ../nbs/02_data.ipynb #d22925dc
 FMNIST_DIR = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist (idx files, gzipped)
@@ -638,6 +638,9 @@ class RandomShift(nn.Module):
         padded = np.pad(x.as_subclass(torch.Tensor).numpy(), ((0, 0), (m, m), (m, m)), mode="edge")
         return tv_tensors.Image(torch.from_numpy(padded[:, dy:dy + h, dx:dx + w].copy()))
 
+# %% ../nbs/02_data.ipynb #d5a16efe
+TINY_MAX_SHIFT = 2  # the benchmark's training shifts: up to 2 pixels each way
+
 # %% ../nbs/02_data.ipynb #6698a324
 def tiny_transforms(img_size: int = TINY_IMG_SIZE, # side of the model's input
                     normalize: str | tuple | Mapping | nn.Module = "fmnist", # passed to `normalization`
@@ -645,8 +648,47 @@ def tiny_transforms(img_size: int = TINY_IMG_SIZE, # side of the model's input
     "The offline benchmark's transforms: shifts of up to 2 pixels for training, the identity for evaluation."
     norm = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(*normalization(normalize))]
     resize = [v2.Resize(img_size)] if img_size != TINY_IMG_SIZE else []
-    train = v2.Compose([v2.ToImage(), RandomShift(2), *resize, *norm])
+    train = v2.Compose([v2.ToImage(), RandomShift(TINY_MAX_SHIFT), *resize, *norm])
     return train, v2.Compose([v2.ToImage(), *resize, *norm])
+
+# %% ../nbs/02_data.ipynb #62d6d3b3
+def shift_batch(x: torch.Tensor, # images (B, C, H, W)
+                max_shift: int = TINY_MAX_SHIFT, # pixels each way
+               ) -> torch.Tensor: # each image translated by its own draw, edges replicated
+    "`RandomShift` of every image of a batch at once, with the same draws from torch's generator."
+    (b, c, h, w), m = x.shape, max_shift
+    dy, dx = torch.randint(0, 2 * m + 1, (b, 2)).T  # drawn in order: image i's (dy, dx) are draws 2i, 2i + 1
+    rows = (torch.arange(h) + dy[:, None] - m).clamp(0, h - 1)  # (B, H): the source row of each output row
+    cols = (torch.arange(w) + dx[:, None] - m).clamp(0, w - 1)
+    x = x.gather(2, rows[:, None, :, None].expand(b, c, h, w))
+    return x.gather(3, cols[:, None, None, :].expand(b, c, h, w))
+
+# %% ../nbs/02_data.ipynb #8bb452b2
+class TinyBatchTransform(nn.Module):
+    "`tiny_transforms` at 32 px on a whole uint8 batch (B, C, 32, 32): shifts if `max_shift`, then normalise."
+    def __init__(self, normalize: str | tuple | Mapping | nn.Module = "fmnist", max_shift: int = 0):
+        super().__init__()
+        (self.mean, self.std), self.max_shift = normalization(normalize), max_shift
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = shift_batch(x, self.max_shift) if self.max_shift else x
+        x = v2.functional.to_dtype(x, torch.float32, scale=True)
+        return v2.functional.normalize(x, self.mean, self.std)
+
+# %% ../nbs/02_data.ipynb #9cb4d56d
+class ArrayLoader(DataLoader):
+    """A fastai `DataLoader` over a `Split` of an in-memory `ArrayDataset` that reads each batch from the
+    array at once and transforms it whole with `tfm` (the split's own per-image transform is not used)."""
+    def __init__(self, dataset: Split, tfm: Callable, **kwargs):
+        super().__init__(dataset, **kwargs)
+        self.tfm, self.rows = tfm, np.asarray(dataset.idxs, dtype=np.int64)
+    def create_item(self, i: int) -> int: return i  # only the index: `do_batch` reads the batch at once
+    def do_batch(self, b: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        rows, base = self.rows[b], self.dataset.base
+        x = torch.from_numpy(np.array(base.images[rows]))  # a copy, from a memory-mapped array too
+        x = x[:, None] if x.ndim == 3 else x.permute(0, 3, 1, 2)
+        return self.tfm(x), torch.from_numpy(base.labels[rows])
+    def new(self, dataset: Split | None = None, cls: type | None = None, **kwargs) -> "ArrayLoader":
+        return super().new(dataset, cls, **{"tfm": self.tfm, **kwargs})
 
 # %% ../nbs/02_data.ipynb #78596bce
 @dataclass(frozen=True)
@@ -861,6 +903,15 @@ def dataset_splits(name: str, # a key of `DATASETS`, or folder:PATH
         raise DataFormatError(f"{name}: the {'/'.join(empty)} split is empty: too few images to split")
     return tuple(Split(ds, idxs, tfm) for (ds, idxs), tfm in zip(splits, (train_tfm, eval_tfm, eval_tfm)))
 
+# %% ../nbs/02_data.ipynb #28650d06
+def _batch_transforms(name: str, img_size: int | None, normalize, model: nn.Module | None,
+                      splits: Sequence[Split]) -> tuple[TinyBatchTransform, ...] | None:
+    "The (train, valid, test) batch transforms of `tiny_transforms` when `ArrayLoader` can serve `splits`."
+    if not dataset_spec(name).tiny or (img_size or TINY_IMG_SIZE) != TINY_IMG_SIZE: return None
+    if not all(isinstance(s.base, ArrayDataset) for s in splits): return None
+    stats = _checkpoint_stats(normalize, model) or "fmnist"
+    return TinyBatchTransform(stats, TINY_MAX_SHIFT), TinyBatchTransform(stats), TinyBatchTransform(stats)
+
 # %% ../nbs/02_data.ipynb #8380dc65
 def dataloaders(name: str, # a key of `DATASETS`, or folder:PATH
                 root: str | Path | None = None, # where the files are (see `raw_parts`)
@@ -874,14 +925,18 @@ def dataloaders(name: str, # a key of `DATASETS`, or folder:PATH
                 fixed_split: str = "numpy", # the fixed train/test split: "numpy" (the authors') or "torch"
                 drop_last: bool = True, # drop the training loader's last partial batch (the authors' choice)
                 model: nn.Module | None = None, # the model whose statistics normalize="checkpoint" uses
+                batched: bool = True, # the benchmark at 32 px: read, transform whole batches (same tensors)
                ) -> DataLoaders: # (train, valid, test) loaders; `dls[2]` is the test loader
     "fastai `DataLoaders` of dataset `name`: train and valid, and the test loader as `dls[2]`."
     splits = dataset_splits(name, root, seed, img_size, normalize, download, cache, fixed_split, model)
     if drop_last and len(splits[0]) < bs:
         raise ValueError(f"{name}: the train split has {len(splits[0])} images, fewer than bs={bs}, and "
                          "drop_last=True leaves no batch: pass a smaller bs, or drop_last=False")
-    loaders = [DataLoader(ds, bs=bs, shuffle=k == 0, drop_last=drop_last and k == 0, num_workers=num_workers)
-               for k, ds in enumerate(splits)]
+    tfms = _batch_transforms(name, img_size, normalize, model, splits) if batched else None
+    opts = [dict(bs=bs, shuffle=k == 0, drop_last=drop_last and k == 0, num_workers=num_workers)
+            for k in range(3)]
+    loaders = [DataLoader(ds, **o) if tfms is None else ArrayLoader(ds, tfm, **o)
+               for ds, tfm, o in zip(splits, tfms or splits, opts)]
     dls = DataLoaders(*loaders)
     dls.train.rng = random.Random(seed)  # fastai draws each epoch's order from this generator
     dls.c, dls.name = dataset_spec(name).n_classes, name
