@@ -74,3 +74,20 @@ def test_a_warm_kernel_that_hangs_at_hand_over_is_replaced_by_a_fresh_one(monkey
         t.join()
         os.close(lock_r)
         os.close(lock_w)
+
+def test_kernels_started_together_talk_over_their_own_ipc_sockets(monkeypatch):
+    "Four kernels started at once: Unix sockets unique to each (no TCP port to share), all gone after."
+    import glob
+    monkeypatch.setattr(grid, "_WARM_CODE", "None")
+    wk = WarmKernels(4, 4)  # its starter threads live on: a kernel dies with the thread that started it
+    kms = [f.result() for f in [wk.starters.submit(wk._start) for _ in range(4)]]
+    try:
+        infos = [km.get_connection_info() for km in kms]
+        assert {i["transport"] for i in infos} == {"ipc"}
+        assert len({i["ip"] for i in infos}) == 4 and all(os.path.isabs(i["ip"]) for i in infos)
+        assert all(len(glob.glob(i["ip"] + "-*")) == 5 for i in infos)  # shell, iopub, stdin, control, heartbeat
+        for km in kms: _silent(km, "x = 1", timeout=120)
+    finally:
+        for km in kms: _shutdown(km)
+        wk.close()
+    assert not [f for i in infos for f in glob.glob(i["ip"] + "-*")]

@@ -4,7 +4,8 @@
 
 # %% ../nbs/22_grid.ipynb #b7d03f59
 from __future__ import annotations
-import asyncio, fcntl, hashlib, itertools, json, math, os, queue, re, signal, socket, sys, threading, weakref
+import asyncio, fcntl, hashlib, itertools, json, math, os, queue, re, signal, socket, sys, tempfile, threading
+import uuid, weakref
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from importlib.resources import files
@@ -281,6 +282,11 @@ def bind_to_parent(cmd: list[str], parent: int | None = None) -> list[str]:
 # %% ../nbs/22_grid.ipynb #a3c17124
 _KERNELS = weakref.WeakSet()  # the kernel managers of the runs in flight: a second Ctrl-C stops their kernels
 
+# %% ../nbs/22_grid.ipynb #a4f6303c
+def _ipc_prefix() -> str:
+    "A path prefix for one kernel's IPC sockets (`<prefix>-<n>`), unique, in the temporary folder."
+    return os.path.join(tempfile.gettempdir(), f"vitp-kernel-{uuid.uuid4().hex[:16]}")
+
 # %% ../nbs/22_grid.ipynb #d4b72d53
 def run_kernel_manager(lock_fd: int, env: dict | None = None) -> type:
     "A kernel manager class whose kernels hold the run's lock (`lock_fd`), get `env`, die with this process."
@@ -291,6 +297,7 @@ def run_kernel_manager(lock_fd: int, env: dict | None = None) -> type:
             return bind_to_parent([*cmd, "--IPKernelApp.log_level=CRITICAL"])
         async def start_kernel(self, **kw):
             _KERNELS.add(self)
+            self.transport, self.ip = "ipc", _ipc_prefix()  # no TCP port for concurrent managers to share
             kw["env"] = {**(kw.get("env") or os.environ), **(env or {})}
             return await super().start_kernel(**{**kw, "pass_fds": (*kw.get("pass_fds", ()), lock_fd)})
     return RunKernelManager
@@ -303,6 +310,7 @@ def _kill_kernels() -> None:
         if pid:
             try: os.kill(pid, signal.SIGKILL)
             except ProcessLookupError: pass
+        km.cleanup_ipc_files()  # its socket files, which a killed kernel leaves behind
 
 # %% ../nbs/22_grid.ipynb #1082ced3
 WARM_MODULES = ("torch", "torchvision", "timm", "fastai.learner", "pandas", "matplotlib.pyplot",
