@@ -170,6 +170,16 @@ def test_bounds_check_flags_a_violated_bound():
     assert list(zip(failed["layer"], failed["component"])) == [(1, "FC1")]
 
 
+@pytest.mark.parametrize("arg, bad", [("n_pairs", True), ("n_pairs", 0), ("batch_size", 2.0), ("batch_size", -8)])
+def test_pair_token_stats_refuses_what_measure_plasticity_refuses(arg, bad):
+    "The same positive-integer check as `measure_plasticity` (a bool is not a count), before any pair is read."
+    vit = VisionTransformer(img_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=4, num_classes=3)
+    a = torch.randn(4, 3, 32, 32)
+    for measure in (pair_token_stats, measure_plasticity):
+        with pytest.raises(ValueError, match=f"{arg} must be a positive integer, got {bad!r}"):
+            measure(vit, a, a, **{arg: bad})
+
+
 def test_plasticity_run_writes_bounds_that_hold(tmp_path, monkeypatch):
     "papermill, tiny ViT: bounds.csv from the run's own pairs; corrected FC1, FC2, MHA hold on every pair."
     monkeypatch.setenv("VITP_RUNS", str(tmp_path / "runs"))

@@ -16,7 +16,8 @@ from torch import nn
 from .components import (COMPONENTS, FAMILIES, Component, block_components, check_vit, embed,
                                        family_of, n_blocks, out_projection, parts_of)
 from .plasticity import COMPONENT_COLORS, THEORETICAL_RANK, check_images
-from .plasticity import PAIRINGS, _check_fits, _check_pairing, _measuring, _pairs  # pair stream
+# the pair stream and the checks of its arguments
+from .plasticity import PAIRINGS, _check_fits, _check_pairing, _measuring, _pairs, _positive_int
 
 # %% auto #0
 __all__ = ['PAPER_R', 'RIGOROUS', 'layernorm_bound', 'layernorm_bound_paper', 'linear_bound', 'NotPlainSoftmaxError',
@@ -173,9 +174,8 @@ def pair_token_stats(model: nn.Module,  # a supported timm ViT, in fp32
     "r and σ of the embeddings x = E(a), y = E(b) of the pairs `measure_plasticity` measures, in one pass."
     check_vit(model)
     if pairing not in PAIRINGS: raise ValueError(f"unknown pairing {pairing!r}; valid: {', '.join(PAIRINGS)}")
-    for name, v in [("n_pairs", 1 if n_pairs is None else n_pairs), ("batch_size", batch_size)]:
-        if not (isinstance(v, int) and v > 0):
-            raise ValueError(f"{name} must be a positive integer, got {v!r}")
+    _positive_int("n_pairs", 1 if n_pairs is None else n_pairs)
+    _positive_int("batch_size", batch_size)
     _check_pairing(source, target, n_pairs, batch_size, pairing)
     r_max, rms_sum, sigma_min, n = 0.0, 0.0, math.inf, 0
     with _measuring(model, device) as dev:

@@ -947,7 +947,7 @@ from .inputs import PAIRINGS  # the authors' loader (default), every image cycle
 _all_ = ["PAIRINGS"]  # still one of this module's public names
 
 # %% ../nbs/02_data.ipynb #7a1cbe1e
-def _check_pairing(n: int | None, batch_size: int, pairing: str) -> None:
+def _check_sample_request(n: int | None, batch_size: int, pairing: str) -> None:
     "A `ValueError` unless `pairing` is one of `PAIRINGS`, `batch_size` >= 1 and `n` is None or >= 0."
     _check_choice("pairing", pairing, PAIRINGS)
     if batch_size < 1: raise ValueError(f"batch_size={batch_size}: a batch holds at least one image")
@@ -960,7 +960,7 @@ def pairing_idxs(idxs: Sequence[int], # the sample's items in order: a test spli
                  pairing: str = "authors", # one of `PAIRINGS`
                 ) -> list[int]: # the item of `idxs` paired with each of the first `n` source images
     "The items pairs 0 .. n-1 take from `idxs`: the authors' restarted drop_last loader, or all items cycled."
-    _check_pairing(n, batch_size, pairing)
+    _check_sample_request(n, batch_size, pairing)
     usable = list(idxs)
     if pairing == "authors" and len(usable) < batch_size:
         raise ValueError(f"the sample has {len(usable)} images, fewer than batch_size={batch_size}: the "
@@ -982,7 +982,7 @@ def plasticity_sample(name: str, # a key of `DATASETS`, or folder:PATH
                       model: nn.Module | None = None, # the model whose statistics normalize="checkpoint" uses
                      ) -> Split: # n (image, label) items, eval transform, in order
     "The unshuffled plasticity-analysis sample of `name`: its test split (imagenet-val: all images), paired."
-    _check_pairing(n, batch_size, pairing)  # before reading anything
+    _check_sample_request(n, batch_size, pairing)  # before reading anything
     spec, (_, eval_tfm) = dataset_spec(name), dataset_transforms(name, img_size, normalize, model)
     parts = raw_parts(name, root, download, cache)
     if spec.sample == "all": base, idxs = parts[0], range(len(parts[0]))

@@ -22,10 +22,12 @@ from .components import family_of, hook_component, n_blocks, out_projection, par
 # the input handling; PRECISIONS, check_device, check_images and the pair stream are re-exported from here
 from .inputs import PAIRINGS, PRECISIONS, _check_data, _check_pairing, _check_parameters
 from .inputs import _measuring, _n_batches, _pairs, _positive_int, check_device, check_dtype
+_all_ = ["PAIRINGS", "PRECISIONS", "check_device", "check_dtype", "check_images"]  # public here too
 
 # %% auto #0
 __all__ = ['THEORETICAL_RANK', 'COMPONENT_COLORS', 'PROTOCOLS', 'measure_plasticity', 'naive_plasticity', 'layer_summary',
-           'component_summary', 'plot_plasticity_boxplot', 'plot_plasticity_depth']
+           'component_summary', 'plot_plasticity_boxplot', 'plot_plasticity_depth', 'PAIRINGS', 'PRECISIONS',
+           'check_device', 'check_dtype', 'check_images']
 
 # %% ../nbs/11_plasticity.ipynb #d0b1253b
 THEORETICAL_RANK = {"MHA": 1, "FC1": 2, "FC2": 3, "LN2": 4, "LN1": 5}  # the paper's: 1 = most plastic
@@ -68,6 +70,8 @@ def _ln_distance(ln: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tenso
     d = ln(x).float()  # a no-op in fp32; under bf16 the difference is taken in fp32
     return _fro(d - ln(y) if d is x else d.sub_(ln(y)))
 
+
+# %% ../nbs/11_plasticity.ipynb #f2cfc854
 def _mha_distance(mha: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     "‖MHA(x) - MHA(y)‖_F per pair through (6): one projection of z_x - z_y (times its LayerScale, if any)."
     z = _proj_input(mha, x).float()  # the difference in fp32 (under bf16, z_x and z_y are bf16)
@@ -146,6 +150,8 @@ def _zero_d_in(pairs: Sequence[int], same: torch.Tensor) -> str:
               "LayerNorm's variance overflowed)"] if unequal else []
     return f"{' and '.join(parts)} have d_in = 0: their ratio 0/0 is undefined and their rows are dropped"
 
+
+# %% ../nbs/11_plasticity.ipynb #a120e415
 def _tidy(d_in: torch.Tensor, d_out: torch.Tensor, names: Sequence[str], same: torch.Tensor) -> pd.DataFrame:
     "One row per (pair, layer, component) from distances (P, L, C); rows with d_in = 0 dropped (warned)."
     pair, layer, comp = (i.ravel() for i in np.indices(d_out.shape))
@@ -198,6 +204,8 @@ def _check_zero_pad(comps: list[dict[str, nn.Module]]) -> None:
     if h < d: raise ValueError(f"protocol 'paper' feeds FC2 the embeddings zero-padded from d={d} to its {h} "
                                f"inputs, but {h} < {d}: measure this model with protocol='in_situ'")
 
+
+# %% ../nbs/11_plasticity.ipynb #52cf844e
 def measure_plasticity(
     model: nn.Module,  # a supported ViT (`check_vit`: timm's ViT, EVA, BEiT; HF's ViT, DINOv2, CLIP)
     source: torch.Tensor | Iterable,  # pretraining-domain images (B, C, H, W), or a loader of xb or (xb, yb)
@@ -227,6 +235,8 @@ def _zero_pad(t: torch.Tensor, f: nn.Module) -> torch.Tensor:
     "[t, 0, ..., 0]: the tokens of t zero-padded to the input width of FC2 `f`."
     return F.pad(t, (0, parts_of(f)[0][0].in_features - t.shape[-1]))
 
+
+# %% ../nbs/11_plasticity.ipynb #8fff1b43
 def _naive_paper(model: nn.Module, a: torch.Tensor, b: torch.Tensor) -> pd.DataFrame:
     "Reference for protocol 'paper': every output materialised for both inputs, no shortcut."
     rows, (x, y) = [], (embed(model, a), embed(model, b))
@@ -254,6 +264,8 @@ def _captured(model: nn.Module, images: torch.Tensor
     return {key: (ins[0], torch.cat([outs[k] for k in sorted(outs)], -1))  # the parts' outputs, concatenated
             for key, (ins, outs) in seen.items()}
 
+
+# %% ../nbs/11_plasticity.ipynb #57b74d69
 def _naive_in_situ(model: nn.Module, a: torch.Tensor, b: torch.Tensor) -> pd.DataFrame:
     "Reference for protocol 'in_situ' from separate hooked forward passes of a and b."
     ca, cb, rows = _captured(model, a), _captured(model, b), []

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import vit_plasticity
 # temporary file, flush, rename (files notebook)
-from .files import atomic_write, move_into_place
+from .files import atomic_write
 if TYPE_CHECKING: import pandas as pd  # a type only: `vitp grid status` never imports pandas
 
 # %% auto #0
