@@ -110,8 +110,8 @@ PERFORMANCE_SOURCES = [
      r"\| 9  start-up: vitp grid status paper \| 1\.20 s"),
     ("about 290 H100-hours", "nbs/22a_cost.ipynb",  # the replayed plan's total
      r"\b2(8[5-9]|9[0-4])\.\d"),
-    ("took 35 minutes", "vit_plasticity/grids/demo.yaml",  # the demo's own cost record
-     r"35 min = 5 min\s+#?\s*installing the environment \+ 29 min 15 s of runs"),
+    ("took 18 minutes", "vit_plasticity/grids/demo.yaml",  # the demo's own cost record
+     r"18 min = 3 min\s+#?\s*installing the environment \+ 14 min 14 s of runs"),
     ("against 4,280 in fp32", "nbs/22a_cost.ipynb",
      r"\b42(7[5-9]|8[0-4])\.\d"),
 ]
