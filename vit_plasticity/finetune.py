@@ -29,6 +29,7 @@ from fastcore.basics import GetAttr, store_attr
 from torch import nn
 
 from .components import check_vit, family_of, num_classes, set_trainable
+from .inputs import _non_fp32
 from .plasticity import check_device, check_dtype
 
 # %% auto #0
@@ -298,7 +299,7 @@ def _check_model(model: nn.Module) -> nn.Module:
     "`model` if it can be trained: a supported ViT with data, fp32 weights, a head."
     vit = check_vit(model)
     check_device(None, vit)
-    if bad := {p.dtype for p in vit.parameters() if p.dtype != torch.float32}:
+    if bad := _non_fp32(vit):
         raise ValueError(f"the model has {bad} parameters but trains in fp32 (the paper's): call "
                          "model.float(), and pass precision='bf16' for bf16 compute (fp32 weights)")
     if not num_classes(vit) >= 1:

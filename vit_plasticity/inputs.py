@@ -162,6 +162,11 @@ def check_device(device: str | torch.device | int | None, # where to compute; No
                          f"device='cpu'{gpus}, or None for the model's device ({home})")
     return dev
 
+# %% ../nbs/01_inputs.ipynb #5a3b7e89
+def _non_fp32(model: nn.Module) -> set[torch.dtype]:
+    "The dtypes of `model`'s parameters other than fp32: empty when the paper's precision can run as it is."
+    return {p.dtype for p in model.parameters() if p.dtype != torch.float32}
+
 # %% ../nbs/01_inputs.ipynb #a76a6ea2
 def _all_finite(t: torch.Tensor) -> bool:
     "Whether `t` holds no NaN or inf: they show in its min or max (one pass, no tensor-sized temporary)."
@@ -169,7 +174,7 @@ def _all_finite(t: torch.Tensor) -> bool:
 
 def _check_parameters(model: nn.Module) -> None:
     "Refuse, before any work, a model whose parameters are not fp32 or hold NaN or inf."
-    if bad := {p.dtype for p in model.parameters() if p.dtype != torch.float32}:
+    if bad := _non_fp32(model):
         raise ValueError(f"the plasticity protocol runs in fp32 but the model has {bad} parameters: "
                          "call model.float()")
     if bad := [n for n, p in model.named_parameters() if not _all_finite(p)]:
