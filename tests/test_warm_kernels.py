@@ -35,8 +35,8 @@ def test_a_kernel_that_fails_to_warm_is_stopped_not_left_running(monkeypatch):
     monkeypatch.setattr(grid, "_WARM_CODE", "raise ValueError('cannot warm')")
     started = []
     real = grid.run_kernel_manager
-    def recording(fd, env=None):
-        cls = real(fd, env)
+    def recording(fd, env=None, log=None):
+        cls = real(fd, env, log)
         class Recorded(cls):
             async def start_kernel(self, **kw):
                 out = await super().start_kernel(**kw)
@@ -91,3 +91,14 @@ def test_kernels_started_together_talk_over_their_own_ipc_sockets(monkeypatch):
         for km in kms: _shutdown(km)
         wk.close()
     assert not [f for i in infos for f in glob.glob(i["ip"] + "-*")]
+
+def test_a_kernels_own_stderr_goes_to_the_log_not_the_terminal(monkeypatch, tmp_path):
+    "What the kernel process writes to its fd 2 (ipykernel's shutdown noise, a native crash) lands in the log."
+    monkeypatch.setattr(grid, "_WARM_CODE", "None")
+    wk = WarmKernels(1, 1, log=tmp_path / grid.KERNEL_LOG)
+    km = wk.starters.submit(wk._start).result()
+    try: _silent(km, "__import__('os').write(2, b'written by the kernel process\\n')", timeout=120)
+    finally:
+        _shutdown(km)
+        wk.close()
+    assert "written by the kernel process" in (tmp_path / grid.KERNEL_LOG).read_text()

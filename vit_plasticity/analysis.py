@@ -20,7 +20,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from scipy import stats
 
-from .grid import load_spec, plan, results_notebook
+from .grid import KERNEL_LOG, load_spec, plan, results_notebook, run_kernel_manager
 from .plasticity import COMPONENT_COLORS, THEORETICAL_RANK
 from .runs import atomic_write, atomic_write_text
 from .stats import (COMPONENT_ORDER, MIN_DATASETS, PROBES, Results, compute_results, model_opts,
@@ -551,8 +551,9 @@ def execute_results_notebook(grid: str | Path, root: Path, out: Path, rehearse: 
     params = dict(grid=str(grid), root=str(root), rehearse=rehearse, sample=sample or 0,
                   report=str(report or ""))
     try:
-        pm.execute_notebook(str(results_notebook()), str(tmp), parameters=params,
-                            progress_bar=False, kernel_name="python3")
+        pm.execute_notebook(str(results_notebook()), str(tmp), parameters=params, progress_bar=False,
+                            kernel_name="python3",  # its kernel's own stderr to the runs folder's log
+                            kernel_manager_class=run_kernel_manager(None, log=Path(root) / KERNEL_LOG))
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)

@@ -26,10 +26,11 @@ from .runs import (atomic_write_json, atomic_write_text, check_writable, clear_r
 from .runs import notebook_sha, record_failure, run_status, runs_root
 
 # %% auto #0
-__all__ = ['KINDS', 'WARM_MODULES', 'KERNEL_TIMEOUT', 'GridSpecError', 'grids_dir', 'notebooks_dir', 'results_notebook',
-           'load_spec', 'validate_spec', 'Run', 'expand', 'notebook_for', 'check_params', 'check_names', 'check_values',
-           'check_plan', 'RunLock', 'bind_to_parent', 'run_kernel_manager', 'WarmKernels', 'current_code', 'run_state',
-           'execute_run', 'grid_root', 'plan', 'grid_status', 'run_local', 'slurm_plan_settings', 'run_grid']
+__all__ = ['KINDS', 'KERNEL_LOG', 'WARM_MODULES', 'KERNEL_TIMEOUT', 'GridSpecError', 'grids_dir', 'notebooks_dir',
+           'results_notebook', 'load_spec', 'validate_spec', 'Run', 'expand', 'notebook_for', 'check_params',
+           'check_names', 'check_values', 'check_plan', 'RunLock', 'bind_to_parent', 'run_kernel_manager',
+           'WarmKernels', 'current_code', 'run_state', 'execute_run', 'grid_root', 'plan', 'grid_status', 'run_local',
+           'slurm_plan_settings', 'run_grid']
 
 # %% ../nbs/22_grid.ipynb #01bd7fd4
 KINDS = ("plasticity", "bounds", "finetune", "linear_probe")  # one experiment notebook each
@@ -287,9 +288,13 @@ def _ipc_prefix() -> str:
     "A path prefix for one kernel's IPC sockets (`<prefix>-<n>`), unique, in the temporary folder."
     return os.path.join(tempfile.gettempdir(), f"vitp-kernel-{uuid.uuid4().hex[:16]}")
 
+# %% ../nbs/22_grid.ipynb #e430836e
+KERNEL_LOG = ".kernels.log"  # in a grid's runs folder: its kernels' own stderr, appended
+
 # %% ../nbs/22_grid.ipynb #d4b72d53
-def run_kernel_manager(lock_fd: int, env: dict | None = None) -> type:
-    "A kernel manager class whose kernels hold the run's lock (`lock_fd`), get `env`, die with this process."
+def run_kernel_manager(lock_fd: int | None, env: dict | None = None, log: Path | None = None) -> type:
+    """A kernel manager class whose kernels hold the run's lock (`lock_fd`), get `env`, die with this process
+    and append their own stderr to `log` (None: this process's stderr)."""
     from jupyter_client import AsyncKernelManager
     class RunKernelManager(AsyncKernelManager):
         def format_kernel_cmd(self, extra_arguments=None) -> list[str]:  # log only its failures
@@ -299,7 +304,9 @@ def run_kernel_manager(lock_fd: int, env: dict | None = None) -> type:
             _KERNELS.add(self)
             self.transport, self.ip = "ipc", _ipc_prefix()  # no TCP port for concurrent managers to share
             kw["env"] = {**(kw.get("env") or os.environ), **(env or {})}
-            return await super().start_kernel(**{**kw, "pass_fds": (*kw.get("pass_fds", ()), lock_fd)})
+            kw["pass_fds"] = (*kw.get("pass_fds", ()), *([] if lock_fd is None else [lock_fd]))
+            if log is None: return await super().start_kernel(**kw)
+            with open(log, "ab") as err: return await super().start_kernel(**{**kw, "stderr": err})
     return RunKernelManager
 
 # %% ../nbs/22_grid.ipynb #ee4abe96
@@ -347,15 +354,15 @@ def _shutdown(km) -> None:
 # %% ../nbs/22_grid.ipynb #16df8e4d
 class WarmKernels:
     "Up to `budget` kernels, each warmed in the background while a run executes, then given to one (`take`)."
-    def __init__(self, workers: int = 1, budget: int = 0):
-        self.budget, self.started, self.pending, self.closed = budget, 0, 0, False
+    def __init__(self, workers: int = 1, budget: int = 0, log: Path | None = None):
+        self.budget, self.started, self.pending, self.closed, self.log = budget, 0, 0, False, log
         self.ready, self.lock = queue.Queue(), threading.Lock()
         self.starters = ThreadPoolExecutor(workers)  # long-lived: a kernel dies with the thread starting it
 
     def _start(self):
         "A started, warmed kernel manager holding one end of a socket pair (`handover`) for its run's lock."
         ours, theirs = socket.socketpair()
-        km = run_kernel_manager(theirs.fileno())(kernel_name="python3")
+        km = run_kernel_manager(theirs.fileno(), log=self.log)(kernel_name="python3")
         asyncio.run(km.start_kernel())
         km.handover, km.handover_fd = ours, theirs.fileno()
         theirs.close()
@@ -403,9 +410,9 @@ def _hand_over(km, lock_fd: int, env: dict) -> None:
                 "(__import__('socket'), __import__('os'))", timeout=KERNEL_TIMEOUT)
 
 # %% ../nbs/22_grid.ipynb #70d4bb0d
-def _kernel(kernels: WarmKernels | None, lock_fd: int, env: dict) -> dict:
+def _kernel(kernels: WarmKernels | None, lock_fd: int, env: dict, log: Path | None = None) -> dict:
     "papermill's kernel arguments for a run: a warm kernel handed the run, else a class starting a cold one."
-    cold = lambda: dict(kernel_manager_class=run_kernel_manager(lock_fd, env))
+    cold = lambda: dict(kernel_manager_class=run_kernel_manager(lock_fd, env, log))
     if kernels is None: return cold()
     km = kernels.take()
     try: _hand_over(km, lock_fd, env)
@@ -478,7 +485,7 @@ def execute_run(run: Run, root: str | Path, device: str = "cpu", notebooks: str 
         env = {LAUNCHED_ENV: "1", NOTEBOOK_SHA_ENV: notebook_sha(notebook)}
         kernel = {}
         try:
-            kernel = _kernel(kernels, lock.fd, env)
+            kernel = _kernel(kernels, lock.fd, env, Path(root) / KERNEL_LOG)
             params = {**run.params, "run_dir": str(run_dir), "device": device}
             pm.execute_notebook(str(notebook), str(partial), progress_bar=False, kernel_name="python3",
                                 parameters=params, start_timeout=KERNEL_TIMEOUT, **kernel)
@@ -556,7 +563,8 @@ def run_local(runs: list[Run], root: Path, devices: list[str] = ("cpu",), jobs: 
         finally: slots.put(device)
     todo = sum(_needs_run(run_state(root / r.id, current_code(r.kind, notebooks)), retry_failed, rerun_stale)
                for r in runs) if warm else 0
-    kernels = WarmKernels(slots.qsize(), todo) if todo else None  # kernels warmed while runs execute
+    # kernels warmed while runs execute
+    kernels = WarmKernels(slots.qsize(), todo, root / KERNEL_LOG) if todo else None
     ABANDON.clear()
     bar = tqdm(total=len(runs), desc=root.name, disable=not progress)
     with ThreadPoolExecutor(slots.qsize()) as pool, bar:
