@@ -563,8 +563,7 @@ def run_local(runs: list[Run], root: Path, devices: list[str] = ("cpu",), jobs: 
         finally: slots.put(device)
     todo = sum(_needs_run(run_state(root / r.id, current_code(r.kind, notebooks)), retry_failed, rerun_stale)
                for r in runs) if warm else 0
-    # kernels warmed while runs execute
-    kernels = WarmKernels(slots.qsize(), todo, root / KERNEL_LOG) if todo else None
+    kernels = WarmKernels(slots.qsize(), todo, root / KERNEL_LOG) if todo else None  # warmed during runs
     ABANDON.clear()
     bar = tqdm(total=len(runs), desc=root.name, disable=not progress)
     with ThreadPoolExecutor(slots.qsize()) as pool, bar:
