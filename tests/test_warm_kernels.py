@@ -102,3 +102,33 @@ def test_a_kernels_own_stderr_goes_to_the_log_not_the_terminal(monkeypatch, tmp_
         _shutdown(km)
         wk.close()
     assert "written by the kernel process" in (tmp_path / grid.KERNEL_LOG).read_text()
+
+class _FakeKernel:
+    has_kernel = True
+
+def _count_warm_ups(monkeypatch, seconds: float) -> dict:
+    "Replace a kernel's start by `seconds` of waiting; count those warming ahead at once (`most`) and in all."
+    seen, lock = dict(now=0, most=0, all=0), threading.Lock()
+    def start(self):
+        ahead = threading.current_thread().name.startswith("ThreadPoolExecutor")  # not a worker's own
+        with lock:
+            seen.update(now=seen["now"] + ahead, all=seen["all"] + 1)
+            seen["most"] = max(seen["most"], seen["now"])
+        time.sleep(seconds)
+        with lock: seen["now"] -= ahead
+        return _FakeKernel()
+    monkeypatch.setattr(WarmKernels, "_start", start)
+    return seen
+
+def test_each_worker_has_a_kernel_warming_ahead_and_no_more_start_than_runs(monkeypatch):
+    "Runs shorter than a warm-up: two workers keep two kernels warming (one did, and runs went one by one)."
+    seen = _count_warm_ups(monkeypatch, 0.2)
+    wk = WarmKernels(2, 8)
+    def worker():
+        for _ in range(4): wk.take()  # a run that takes no time: the kernels' warm-up sets the pace
+    threads = [threading.Thread(target=worker, name=f"worker-{i}") for i in range(2)]
+    for t in threads: t.start()
+    for t in threads: t.join()
+    wk.close()
+    assert seen["all"] == 8  # one kernel per run, none more
+    assert seen["most"] == 2  # one warming ahead per worker

@@ -353,9 +353,10 @@ def _shutdown(km) -> None:
 
 # %% ../nbs/22_grid.ipynb #16df8e4d
 class WarmKernels:
-    "Up to `budget` kernels, each warmed in the background while a run executes, then given to one (`take`)."
+    "Up to `budget` kernels, one per worker warmed in the background while runs execute; each serves one run."
     def __init__(self, workers: int = 1, budget: int = 0, log: Path | None = None):
         self.budget, self.started, self.pending, self.closed, self.log = budget, 0, 0, False, log
+        self.workers = workers
         self.ready, self.lock = queue.Queue(), threading.Lock()
         self.starters = ThreadPoolExecutor(workers)  # long-lived: a kernel dies with the thread starting it
 
@@ -380,16 +381,16 @@ class WarmKernels:
 
 # %% ../nbs/22_grid.ipynb #a861268d
 def _take(self: WarmKernels):
-    "A warm kernel manager (the oldest warmed, else one started now); the next starts warming if runs remain."
+    "A warm kernel manager (the oldest warmed, else one started now); first tops up one warming per worker."
     with self.lock:
         wait = self.pending > 0
         self.pending -= wait
         self.started += not wait
-        warm_next = not self.closed and self.started < self.budget
-        self.started += warm_next
-        self.pending += warm_next
+        ahead = 0 if self.closed else max(0, min(self.workers - self.pending, self.budget - self.started))
+        self.started += ahead
+        self.pending += ahead
+    for _ in range(ahead): self.starters.submit(self._warm_one)  # before waiting on one
     km = self.ready.get() if wait else None
-    if warm_next: self.starters.submit(self._warm_one)
     return km if km is not None and km.has_kernel else self._start()
 
 def _close(self: WarmKernels) -> None:
