@@ -281,3 +281,25 @@ def test_plasticity_does_not_depend_on_the_batch_size():
                                       progress=False)["ratio"].to_numpy()
                   for bs in (1, 4, 12)]
         for r in ratios[1:]: np.testing.assert_allclose(r, ratios[0], rtol=1e-5, atol=0)
+
+def test_a_first_ctrl_c_collects_each_run_once():
+    "Runs collected before the Ctrl-C are not collected again (the progress bar counted them twice)."
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+    from types import SimpleNamespace
+    from vit_plasticity.grid import _on_ctrl_c
+    go, outcomes, calls = threading.Event(), {}, []
+    runs = [SimpleNamespace(id=f"r{i}") for i in range(4)]
+    with ThreadPoolExecutor(2) as pool:
+        futures = {pool.submit(lambda: "done"): runs[0]}  # finished and collected before the Ctrl-C
+        next(iter(futures)).result()
+        futures |= {pool.submit(go.wait): r for r in runs[1:3]}  # in flight
+        futures[pool.submit(lambda: "done")] = runs[3]  # queued: cancelled
+        def collect(f):
+            calls.append(futures[f].id)
+            outcomes[futures[f].id] = f.result()
+        collect(next(iter(futures)))
+        threading.Timer(0.2, go.set).start()
+        interrupted = _on_ctrl_c(futures, outcomes, collect)
+    assert sorted(calls) == ["r0", "r1", "r2"]  # r0 once, before; the two in flight once each; r3 never
+    assert set(interrupted.outcomes) == {"r0", "r1", "r2"}

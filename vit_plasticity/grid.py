@@ -544,8 +544,9 @@ def _on_ctrl_c(futures: dict, outcomes: dict, collect) -> GridInterrupted:
     for f in futures: f.cancel()
     tqdm.write(f"\nCtrl-C: no new run starts; waiting for the {len(flying)} run(s) in flight to finish "
                f"({', '.join(flying)}). Ctrl-C again to stop them now.")
+    left = [f for f, r in futures.items() if not f.cancelled() and r.id not in outcomes]  # each once
     try:
-        for f in as_completed([f for f in futures if not f.cancelled()]): collect(f)
+        for f in as_completed(left): collect(f)
     except KeyboardInterrupt: return _stop_now(futures, outcomes)
     return GridInterrupted(outcomes, f"stopped after the {len(flying)} run(s) in flight")
 
