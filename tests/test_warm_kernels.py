@@ -132,3 +132,27 @@ def test_each_worker_has_a_kernel_warming_ahead_and_no_more_start_than_runs(monk
     wk.close()
     assert seen["all"] == 8  # one kernel per run, none more
     assert seen["most"] == 2  # one warming ahead per worker
+
+def _threads_and_files() -> tuple[int, int]:
+    return len(os.listdir("/proc/self/task")), len(os.listdir("/proc/self/fd"))
+
+def test_runs_on_warm_kernels_leave_no_threads_or_open_files_behind(monkeypatch, tmp_path):
+    "Papermill on a handed-over kernel, three times: threads and open files stay as after the first run."
+    import json
+    import papermill as pm
+    monkeypatch.setattr(grid, "_WARM_CODE", "None")
+    cell = dict(cell_type="code", id="c0", metadata={"tags": ["parameters"]}, execution_count=None, outputs=[],
+                source="x = 1")
+    kernelspec = {"name": "python3", "display_name": "python3", "language": "python"}
+    (tmp_path / "in.ipynb").write_text(json.dumps(dict(cells=[cell], metadata={"kernelspec": kernelspec},
+                                                       nbformat=4, nbformat_minor=5)))
+    wk, seen = WarmKernels(1, 3), []
+    try:
+        for _ in range(3):
+            km = wk.starters.submit(wk._start).result()
+            pm.execute_notebook(str(tmp_path / "in.ipynb"), str(tmp_path / "out.ipynb"), progress_bar=False,
+                                kernel_name="python3", km=km)
+            _shutdown(km)
+            seen.append(_threads_and_files())
+    finally: wk.close()
+    assert seen[2] == seen[0], seen  # were +3 threads (heartbeat, ZeroMQ's two) and ~12 files a run

@@ -307,6 +307,10 @@ def run_kernel_manager(lock_fd: int | None, env: dict | None = None, log: Path |
             kw["pass_fds"] = (*kw.get("pass_fds", ()), *([] if lock_fd is None else [lock_fd]))
             if log is None: return await super().start_kernel(**kw)
             with open(log, "ab") as err: return await super().start_kernel(**{**kw, "stderr": err})
+        def client(self, **kw):  # kept: nbclient leaves running the client of a kernel it was handed
+            kc = super().client(**kw)
+            self.clients = [*getattr(self, "clients", []), kc]
+            return kc
     return RunKernelManager
 
 # %% ../nbs/22_grid.ipynb #ee4abe96
@@ -346,7 +350,10 @@ def _silent(km, code: str, timeout: float = KERNEL_TIMEOUT) -> None:
 
 # %% ../nbs/22_grid.ipynb #113e12ee
 def _shutdown(km) -> None:
-    "Stop a kernel and close its end of the lock handover."
+    "Stop a kernel, its clients' channels and ZeroMQ contexts, and close its end of the lock handover."
+    for kc in getattr(km, "clients", []):
+        kc.stop_channels()
+        if kc.context is not km.context: kc.context.destroy(linger=0)  # else 2 threads and ~12 fds, kept
     try: asyncio.run(km.shutdown_kernel(now=True))
     except Exception: pass  # already dead: nothing to stop
     km.handover.close()
