@@ -428,3 +428,10 @@ def test_report_rebuilt_and_nothing_to_report(grid, tmp_path):
     assert not (out / "headline.csv").exists() and not list(out.glob("*.png"))
     assert summary_text(out).endswith("Nothing to report: no planned run has finished.")
     assert report == out / "report.md" and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+def test_bar_figures_leave_out_infinite_values():
+    "A gain over a probe at 0% is infinite (the whole rehearsal's DomainNet probes): the figure is still drawn."
+    from vit_plasticity.analysis import plot_bars
+    t = pd.DataFrame(dict(model="m", opt="sgd", train=["MHA", "FC1"], gain=[float("inf"), 5.0]))
+    fig = plot_bars(t, "gain", "gain (%)", "gains")  # raised "Axis limits cannot be NaN or Inf"
+    assert [p.get_height() for p in fig.axes[0].patches] == [5.0]

@@ -225,7 +225,7 @@ def plot_bars(table: pd.DataFrame,  # columns model, opt, train, and `value` (an
     fig, axs = facet_axes(len(keys), ncols=3)
     for ax, (m, o) in zip(axs, keys):
         sub = table[(table["model"] == m) & (table["opt"] == o)].set_index("train")
-        t = sub[value].dropna()
+        t = sub[value].replace([np.inf, -np.inf], np.nan).dropna()  # a gain over a probe at 0% is infinite
         cs = ordered(t.index)
         ax.bar(cs, t[cs], yerr=None if err is None else sub[err].reindex(cs), color=[_COLORS[c] for c in cs],
                capsize=3)
