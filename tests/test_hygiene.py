@@ -114,3 +114,34 @@ def test_module_lines_are_short(py):
 def test_module_has_no_semicolon_joined_statements(py):
     bad = semicolon_lines(py.read_text(encoding="utf-8"))
     assert not bad, f"{py.name}: lines {bad} join statements with ';' (one statement a line)"
+
+
+# Library notebooks: the examples and the prose keep the same 110 characters (exported cells are checked
+# above, as the modules they become). A markdown table row, or a line that is one URL or link, cannot be
+# wrapped.
+LONE_LINK = re.compile(r"\s*(#\s*)?(<?https?://\S+>?|!?\[[^\]]*\]\(\S+\))\s*")
+
+
+def long_cell_lines(cell: dict) -> list[int]:
+    "Lines over MAX_LINE characters of a markdown or non-exported code cell, but table rows and lone links."
+    text = source(cell)
+    if cell["cell_type"] not in ("code", "markdown") or re.search(r"^#\|\s*export", text, re.M): return []
+    markdown = cell["cell_type"] == "markdown"
+    return [i for i, l in enumerate(text.splitlines(), 1)
+            if len(l) > MAX_LINE and not (markdown and l.startswith("|")) and not LONE_LINK.fullmatch(l)]
+
+
+def test_cell_line_check_catches_violations():
+    "A long example or prose line is found; exported cells, table rows and lone links are not."
+    long, url = "x" * MAX_LINE, "https://example.org/" + "a" * MAX_LINE
+    assert long_cell_lines({"cell_type": "code", "source": ["y = 1\n", f"s = '{long}'"]}) == [2]
+    assert long_cell_lines({"cell_type": "code", "source": ["#| export\n", f"s = '{long}'"]}) == []
+    prose = [f"| {long} |\n", f"{url}\n", f"[the paper]({url})\n", f"see {url}\n", f"{long} y"]
+    assert long_cell_lines({"cell_type": "markdown", "source": prose}) == [4, 5]
+    assert long_cell_lines({"cell_type": "code", "source": [f"| {long} |"]}) == [1]
+
+
+@pytest.mark.parametrize("nb", LIB_NBS, ids=lambda p: p.name)
+def test_notebook_lines_are_short(nb):
+    bad = {i: lines for i, c in enumerate(cells(nb)) if (lines := long_cell_lines(c))}
+    assert not bad, f"{nb.name}: lines over {MAX_LINE} characters, by cell: {bad} (wrap them)"
