@@ -509,6 +509,7 @@ def render_markdown(sections: Mapping[str, list], folder: Path) -> str:
               for items in sections.values() for it in items]
     return "\n\n".join(b for b in blocks if b) + "\n"
 
+# %% ../nbs/23_analysis.ipynb #79925af7
 def show_section(res: Results | None, name: str) -> None:
     "Display one section of the report in a notebook (nothing when there are no results or no such section)."
     from IPython.display import Markdown, display
@@ -609,6 +610,7 @@ def report_folder(grid: str | Path, root: str | Path | None = None, rehearse: bo
     "The default report folder of a grid: <its runs' folder>/report."
     return plan(grid, root, rehearse, sample)[1] / "report"
 
+# %% ../nbs/23_analysis.ipynb #683835e5
 def load_results(report_dir: str | Path) -> Results | None:
     "The results pickled in a written report folder, or None if there is none."
     path = Path(report_dir) / "results.pkl"

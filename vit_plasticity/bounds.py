@@ -13,11 +13,12 @@ import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 from torch import nn
 
-from .components import (COMPONENTS, FAMILIES, Component, block_components, check_vit, embed,
-                                       family_of, n_blocks, out_projection, parts_of)
-from .plasticity import COMPONENT_COLORS, THEORETICAL_RANK, check_images
+from .components import (COMPONENTS, FAMILIES, Component, _check_fits, block_components,
+                                       check_images, check_vit, embed, family_of, n_blocks, out_projection,
+                                       parts_of)
+from .plasticity import COMPONENT_COLORS, THEORETICAL_RANK
 # the pair stream and the checks of its arguments
-from .plasticity import PAIRINGS, _check_fits, _check_pairing, _measuring, _pairs, _positive_int
+from .inputs import PAIRINGS, _check_pairing, _measuring, _pairs, _positive_int
 
 # %% auto #0
 __all__ = ['PAPER_R', 'RIGOROUS', 'layernorm_bound', 'layernorm_bound_paper', 'linear_bound', 'NotPlainSoftmaxError',

@@ -24,7 +24,11 @@ __all__ = ['COMPONENTS', 'HEAD', 'CONFIGURATIONS', 'FAMILIES', 'SUPPORTED', 'Com
 
 # %% ../nbs/10_components.ipynb #9fa33ea4
 COMPONENTS = ("emb", "LN1", "MHA", "LN2", "FC1", "FC2")  # the paper's component types, in forward order
+
+# %% ../nbs/10_components.ipynb #2aadf641
 HEAD = "head"  # classifier and final norm: trained in every configuration
+
+# %% ../nbs/10_components.ipynb #5d941080
 CONFIGURATIONS = ("full",) + COMPONENTS  # the paper's seven finetuning configurations
 
 # %% ../nbs/10_components.ipynb #5f51b236
@@ -368,8 +372,11 @@ class HFCLIP(_HF):
 
 # %% ../nbs/10_components.ipynb #b2437ab3
 FAMILIES = (TimmViT(), TimmEva(), TimmBeit(), HFViT(), HFDinov2(), HFCLIP())  # tried in this order
+
+# %% ../nbs/10_components.ipynb #bf039789
 SUPPORTED = "supported: " + "; ".join(f"{f.name} ({f.examples})" for f in FAMILIES)
 
+# %% ../nbs/10_components.ipynb #7e9808b3
 def family_of(model: nn.Module) -> Family:
     "The family whose structure `model` has; a `TypeError` naming the supported families otherwise."
     for fam in FAMILIES if isinstance(model, nn.Module) else ():

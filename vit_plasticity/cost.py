@@ -74,6 +74,7 @@ def run_flops(kind: str, params: dict) -> float:
 GPUS = {"H100": dict(fp32=67e12, tf32=495e12, bf16=989e12),  # dense peaks, FLOP/s
         "A100": dict(fp32=19.5e12, tf32=156e12, bf16=312e12)}
 
+# %% ../nbs/22a_cost.ipynb #fd2b7990
 def plan_cost(runs: Iterable, gpu: str = "H100", mfu: float = 0.4) -> pd.DataFrame:
     "Per experiment kind: runs, PFLOPs and GPU-hours in fp32, TF32 and bf16 at `mfu` of `gpu`'s dense peak."
     rows = {}

@@ -29,8 +29,7 @@ from fastcore.basics import GetAttr, store_attr
 from torch import nn
 
 from .components import check_vit, family_of, num_classes, set_trainable
-from .inputs import _non_fp32
-from .plasticity import check_device, check_dtype
+from .inputs import _non_fp32, check_device, check_dtype
 
 # %% auto #0
 __all__ = ['opt_func', 'warmup_cosine', 'clamp_warmup', 'StepLoader', 'StepBudgetCB', 'WarmupCosineCB', 'StepLogCB', 'EvalCB',

@@ -34,8 +34,14 @@ PRESETS = {"vit-b16": "vit_base_patch16_224.orig_in21k",  # the paper's main mod
            "vit-h14": "vit_huge_patch14_224.orig_in21k",   # model-size ablation
            # the offline benchmark's source model; sized by its recipe
            "tiny-fmnist": "vit_tiny_patch16_224"}
+
+# %% ../nbs/20_models.ipynb #b1f764ac
 PAPER_PRESETS = ("vit-b16", "vit-l16", "vit-h14")  # the paper's checkpoints (section "LayerNorm eps")
+
+# %% ../nbs/20_models.ipynb #c0ef0334
 PAPER_LN_EPS = 1e-12  # LayerNorm eps of the paper's (Hugging Face) port; timm's ViTs use 1e-6
+
+# %% ../nbs/20_models.ipynb #d023dc09
 STANDIN_PREFIX = "rehearse:"  # "rehearse:vit-b16": a random tiny stand-in of vit-b16 (section "Stand-ins")
 
 # %% ../nbs/20_models.ipynb #fdc2d0c6
@@ -149,6 +155,7 @@ def _check_num_classes(num_classes: int | None) -> int | None:
 class WeightsFileError(ValueError):
     "A weights file that cannot be read, or that does not fit the requested architecture."
 
+# %% ../nbs/20_models.ipynb #528c3009
 class WeightsUnavailableError(RuntimeError):
     "Pretrained weights that are neither in a local file or cache nor downloadable (offline)."
 
@@ -242,6 +249,7 @@ def _hub_overlay(name: str, timm_name: str, cfg, cache_dir: str | Path | None) -
 # the shipped tiny ViT
 TINY_VIT_FILE = Path(str(resources.files("vit_plasticity") / "assets" / "tiny_vit_fmnist.safetensors"))
 
+# %% ../nbs/20_models.ipynb #d4169ffc
 def tiny_recipe(path: str | Path | None = None, # a tiny-ViT weights file (default: the shipped one)
                ) -> dict:                        # its JSON record
     "The record (architecture, data, recipe, results) stored beside a tiny-ViT weights file."

@@ -31,7 +31,11 @@ __all__ = ['THEORETICAL_RANK', 'COMPONENT_COLORS', 'PROTOCOLS', 'measure_plastic
 
 # %% ../nbs/11_plasticity.ipynb #d0b1253b
 THEORETICAL_RANK = {"MHA": 1, "FC1": 2, "FC2": 3, "LN2": 4, "LN1": 5}  # the paper's: 1 = most plastic
+
+# %% ../nbs/11_plasticity.ipynb #d2bcd596
 COMPONENT_COLORS = {"MHA": "#37abb5", "FC1": "#a291e1", "FC2": "#858ec2", "LN2": "#b153a1", "LN1": "#daa4ac"}
+
+# %% ../nbs/11_plasticity.ipynb #455e2190
 PROTOCOLS = ("paper", "in_situ")  # what each component is fed: see the next two sections
 
 # %% ../nbs/11_plasticity.ipynb #66e6e575

@@ -17,6 +17,7 @@ __all__ = ['PreflightError', 'visible_devices', 'resolve_devices', 'device_probl
 class PreflightError(RuntimeError):
     "A plan that cannot run: the message lists every missing device, model and dataset, each with its fix."
 
+# %% ../nbs/21_preflight.ipynb #08dcf9f9
 def visible_devices() -> list[str]:
     "Every CUDA device this process can see (`cuda:0`, `cuda:1`, ...), else `['cpu']`."
     import torch

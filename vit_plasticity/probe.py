@@ -90,6 +90,7 @@ def extract_features(model: nn.Module, dl: Iterable, representation: str = "resi
 # %% ../nbs/14_probe.ipynb #2c51f51c
 TRAIN_FEATURES = ("augmented", "clean")  # how the probe's training images are transformed (see the text)
 
+# %% ../nbs/14_probe.ipynb #69a39819
 def probe_train_split(train: Dataset, # the training split (the data notebook's `Split`), training transform
                       eval_tfm: Callable | None, # the evaluation transform (the test split's `tfm`)
                       train_features: str = "augmented", # "augmented" (the authors') or "clean"

@@ -23,6 +23,7 @@ REHEARSAL_SIZES = {  # per experiment kind, the parameters a rehearsal shrinks, 
 }
 _ROOTS = {"dataset": "data_root", "source": "source_root"}  # a dataset parameter, and that of its root
 
+# %% ../nbs/21b_rehearsal.ipynb #e0c4f82b
 def rehearsal_root(grid: str, root: str | Path | None = None) -> Path:
     "Folder of a grid's rehearsal runs: `root`, else `runs_root()/rehearsal/<grid>`, apart from real runs."
     return Path(root) if root else runs_root() / "rehearsal" / grid
@@ -48,6 +49,7 @@ def rehearse_runs(runs: Sequence, data_root: str | Path) -> list:
     "Each of `runs` (objects with `.kind` and `.params`: the grid's `Run`s) rehearsed, same type and order."
     return [type(r)(r.kind, rehearsal_params(r.kind, r.params, data_root)) for r in runs]
 
+# %% ../nbs/21b_rehearsal.ipynb #40cba922
 def paper_datasets(runs: Iterable) -> list[str]:
     "The paper's datasets that `runs` read (as dataset or plasticity source): those a rehearsal synthesises."
     names = (r.params[k] for r in runs for k in _ROOTS if k in r.params)
@@ -56,6 +58,7 @@ def paper_datasets(runs: Iterable) -> list[str]:
 # %% ../nbs/21b_rehearsal.ipynb #97cd9fdf
 SAMPLE_KEYS = ("dataset", "source", "train", "model", "opt", "representation")  # besides the kind
 
+# %% ../nbs/21b_rehearsal.ipynb #55d35c77
 def _values(run) -> set[tuple[str, str]]:
     "What a run exercises: its kind and its value of each of `SAMPLE_KEYS` it sets."
     return {("kind", run.kind)} | {(k, str(run.params[k])) for k in SAMPLE_KEYS if k in run.params}
@@ -87,12 +90,14 @@ def sample_runs(runs: Sequence, k: int, seed: int = 0) -> list:
 # %% ../nbs/21b_rehearsal.ipynb #a3d3898e
 REHEARSAL_SLURM = dict(time=15, gpus_per_task=0, cpus_per_task=1, mem_gb=4)  # a rehearsal's tasks: a CPU
 
+# %% ../nbs/21b_rehearsal.ipynb #2d687f48
 def rehearsal_data_root(cache: str | Path | None = None) -> Path:
     "Folder of the synthetic copies of the paper's datasets, in the cache (`vit_plasticity.data.cache_dir`)."
     from vit_plasticity.data import cache_dir
     from vit_plasticity.synthetic import SYNTHETIC_VERSION
     return cache_dir(cache) / "rehearsal" / f"v{SYNTHETIC_VERSION}"
 
+# %% ../nbs/21b_rehearsal.ipynb #9226fe8d
 def prepare_rehearsal(runs: Sequence, cache: str | Path | None = None) -> tuple[list, Path]:
     "`runs` rehearsed, with the synthetic copies of the paper's datasets they read made (once) in the cache."
     from vit_plasticity.synthetic import ensure_synthetic

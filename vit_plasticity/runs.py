@@ -133,6 +133,8 @@ def experiment_params(kind: str,  # the experiment: "finetune", "linear_probe", 
 
 # %% ../nbs/03_runs.ipynb #684e1925
 DONE = "DONE"  # the completion marker, written last: a manifest of the folder's files
+
+# %% ../nbs/03_runs.ipynb #c6076805
 LAUNCHED_ENV = "VITP_LAUNCHED"  # set by the launcher in each kernel: it marks the run done, not the notebook
 
 # %% ../nbs/03_runs.ipynb #6c9b64c8

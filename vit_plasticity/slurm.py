@@ -35,9 +35,12 @@ SLURM_OPTIONS = {  # name: (submitit AutoExecutor parameter, type, help)
     "sbatch": ("slurm_additional_parameters", list, "extra sbatch options, e.g. ['--exclude=node7']"),
     "setup": ("slurm_setup", list, "shell lines run before each task, e.g. ['module load cuda']"),
 }
+
+# %% ../nbs/21a_slurm.ipynb #53af35c3
 SLURM_DEFAULTS = dict(time=60, cpus_per_task=1, mem_gb=8, array_parallelism=256)  # when nothing is said
 # mem_gb: a cluster's own default can be a few hundred MB per CPU, less than a kernel that imports torch
 
+# %% ../nbs/21a_slurm.ipynb #e93251d4
 class SlurmConfigError(ValueError):
     "A SLURM setting that cannot be used: the message names it, where it came from, and the fix."
 

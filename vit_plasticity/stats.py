@@ -30,9 +30,17 @@ __all__ = ['COMPONENT_ORDER', 'MATCHED', 'COMPONENT_SETS', 'PROBES', 'CELL', 'NO
 
 # %% ../nbs/16_stats.ipynb #6e0ce2fa
 COMPONENT_ORDER = ("MHA", "FC1", "FC2", "LN2", "LN1")  # theoretical rank 1..5 (1 = most plastic)
+
+# %% ../nbs/16_stats.ipynb #158e474f
 MATCHED = ("MHA", "FC1", "FC2")  # the parameter-matched configurations
+
+# %% ../nbs/16_stats.ipynb #20f98ba9
 COMPONENT_SETS = {"all": COMPONENT_ORDER, "matched": MATCHED}  # what the plasticity-gain statistics compare
+
+# %% ../nbs/16_stats.ipynb #2c7d6f17
 PROBES = ("MHA", "residual")  # the probe's representation: the paper's first version, then its later one
+
+# %% ../nbs/16_stats.ipynb #51e546a5
 CELL = ["model", "opt", "dataset", "train"]  # one cell of the main table
 
 # %% ../nbs/16_stats.ipynb #1dbc15c1
@@ -283,6 +291,7 @@ def ablation_table(runs: pd.DataFrame) -> pd.DataFrame:
 # %% ../nbs/16_stats.ipynb #600aa44b
 MIN_DATASETS = 6  # the fewest datasets a two-sided signed-rank test can reject at 0.05 (2 / 2**6 < 0.05)
 
+# %% ../nbs/16_stats.ipynb #d13283cf
 def paired_tests(acc: pd.DataFrame, ref: str = "MHA",
                  others: Sequence[str] = ("FC1", "FC2", "LN2", "LN1")) -> pd.DataFrame:
     "p-values of `ref` against each other configuration: paired t-test (two-sided), Wilcoxon ('greater')."
@@ -513,16 +522,19 @@ def failed(self: Results) -> pd.DataFrame:
     "The runs that failed, with their error."
     return self.runs[self.runs["run_status"].eq("failed") | self.runs["status"].eq("failed")]
 
+# %% ../nbs/16_stats.ipynb #88c28bf7
 @patch(as_prop=True)
 def diverged(self: Results) -> pd.DataFrame:
     "The finished runs whose loss diverged (their LR cannot win by default)."
     return self.runs[self.runs["run_status"].eq("done") & self.runs["status"].eq("diverged")]
 
+# %% ../nbs/16_stats.ipynb #f25fd986
 @patch(as_prop=True)
 def unfinished(self: Results) -> pd.DataFrame:
     "The planned runs not finished: missing (never started) or partial (started, not done)."
     return self.runs[self.runs["run_status"].isin(["missing", "partial"])]
 
+# %% ../nbs/16_stats.ipynb #e25bbca9
 @patch(as_prop=True)
 def incomplete(self: Results) -> pd.DataFrame:
     "The (cell, LR) pairs short of their planned seeds."

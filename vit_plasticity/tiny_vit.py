@@ -49,6 +49,7 @@ def tiny_tensors(images: np.ndarray, # uint8 padded images (N, 32, 32): Fashion-
     "Padded grey images as the tiny ViT's inputs: scaled to [0, 1], normalised as Fashion-MNIST."
     return (torch.from_numpy(images)[:, None].float() / 255 - FMNIST_MEAN[0]) / FMNIST_STD[0]
 
+# %% ../nbs/20a_tiny_vit.ipynb #5903cc15
 def fmnist_tensors(split: str = "train",           # "train" or "test"
                    n: int | None = None,            # keep the first `n` images (default all)
                    root: str | Path | None = None,  # folder of the idx files (default `load_fashion_mnist`'s)
