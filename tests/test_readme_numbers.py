@@ -1,4 +1,4 @@
-"""The README's headline numbers are the committed report's: every cell of its table, read back from the CSVs."""
+"""The README's headline numbers are the committed reports': every cell of their tables, from the CSVs."""
 import math, re
 from pathlib import Path
 
@@ -13,26 +13,33 @@ COLUMNS = {"plasticity (paper)": ("plasticity_components", "paper"),
            "accuracy %, LR by validation": ("average_accuracy", "valid"),
            "gain over probe %": ("gains", "test"), "LR gap (points)": ("lr_gap", None)}
 
-def stated_report() -> str:
-    "The grid whose committed report the README's headline comes from (runs/GRID/report/headline.csv)."
-    return re.search(r"runs/(\w+)/report/headline\.csv", README).group(1)
+def stated_reports() -> list[str]:
+    "The grids whose reports the README's headline tables come from (runs/GRID/report/headline.csv)."
+    return list(dict.fromkeys(re.findall(r"runs/(\w+)/report/headline\.csv", README)))
 
 def has_report(grid: str) -> bool: return (ROOT / "runs" / grid / "report" / "headline.csv").is_file()
 
 def test_readme_shows_a_table_exactly_when_its_report_is_committed():
-    pending = "No report is committed yet" in README
-    assert pending != has_report(stated_report()), "README and runs/GRID/report disagree: run `make readme`"
+    assert stated_reports()[:2] == ["demo", "study"], stated_reports()
+    for grid in stated_reports():
+        pending = f"No report is committed yet (`runs/{grid}/report/headline.csv`)" in README
+        assert pending != has_report(grid), f"README and runs/{grid}/report disagree: run `make readme`"
 
-def readme_table() -> tuple[str, pd.DataFrame]:
-    "The README's headline table and the report folder the README says it comes from."
-    if not has_report(stated_report()): pytest.skip("no report committed yet: the README says so (test above)")
+def readme_tables() -> list[tuple[str, pd.DataFrame]]:
+    "The README's headline tables, each with the grid whose committed report it says it comes from."
+    grids = [g for g in stated_reports() if has_report(g)]
+    if not grids: pytest.skip("no report committed yet: the README says so (test above)")
     lines = README.splitlines()
-    start = next(i for i, l in enumerate(lines) if l.startswith("| component | plasticity (paper)"))
-    end = next((i for i in range(start, len(lines)) if not lines[i].startswith("|")), len(lines))
-    rows = [l.strip("|").split("|") for l in lines[start:end]][2:]  # this table only: header, rule, rows
-    header = [h.strip() for h in lines[start].strip("|").split("|")]
-    table = pd.DataFrame([[c.strip() for c in r] for r in rows], columns=header).set_index("component")
-    return stated_report(), table
+    starts = [i for i, l in enumerate(lines) if l.startswith("| component | plasticity (paper)")]
+    assert len(starts) == len(grids), f"{len(starts)} headline tables for the committed reports {grids}"
+    tables = []
+    for grid, start in zip(grids, starts):
+        end = next((i for i in range(start, len(lines)) if not lines[i].startswith("|")), len(lines))
+        rows = [l.strip("|").split("|") for l in lines[start:end]][2:]  # this table only: header, rule, rows
+        header = [h.strip() for h in lines[start].strip("|").split("|")]
+        tables.append((grid, pd.DataFrame([[c.strip() for c in r] for r in rows], columns=header)
+                       .set_index("component")))
+    return tables
 
 def committed(report: str, column: str, component: str) -> float:
     "The value of one README cell, read from the committed CSVs."
@@ -45,22 +52,23 @@ def committed(report: str, column: str, component: str) -> float:
     else: hit = df.query("select == @key and train == @component")["accuracy"]
     return float(hit.iloc[0]) if len(hit) else math.nan
 
-def test_readme_headline_table_is_the_committed_report():
-    report, table = readme_table()
-    assert (ROOT / "runs" / report / "report" / "headline.csv").is_file(), f"runs/{report}/report is not committed"
-    checked = 0
-    for comp, row in table.iterrows():
-        for column, cell in row.items():
-            want = committed(report, column, comp)
-            if cell == "": assert math.isnan(want), f"{comp}/{column}: README empty, report {want}"
-            else:
-                assert float(cell.replace("−", "-")) == pytest.approx(want, abs=0.005), f"{comp}/{column}"
-                checked += 1
-    assert checked >= 20, "the README's table is nearly empty"
+def test_readme_headline_tables_are_the_committed_reports():
+    for report, table in readme_tables():
+        checked = 0
+        for comp, row in table.iterrows():
+            for column, cell in row.items():
+                want = committed(report, column, comp)
+                where = f"{report}: {comp}/{column}"
+                if cell == "": assert math.isnan(want), f"{where}: README empty, report {want}"
+                else:
+                    assert float(cell.replace("−", "-")) == pytest.approx(want, abs=0.005), where
+                    checked += 1
+        assert checked >= 20, f"the README's {report} table is nearly empty"
 
-def test_readme_states_the_permutation_p_values_of_the_report():
-    report, _ = readme_table()
-    trend = pd.read_csv(ROOT / "runs" / report / "report" / "plasticity_trend.csv").dropna(subset=["p"])
+def test_readme_states_the_permutation_p_values_of_the_reports():
+    trends = [pd.read_csv(ROOT / "runs" / report / "report" / "plasticity_trend.csv")
+              for report, _ in readme_tables()]
+    trend = pd.concat(trends).dropna(subset=["p"])
     stated = re.findall(r"ρ = ([+−-]?\d\.\d\d) over (\d+) dataset\(s\), permutation p = ([\d.e-]+)", README)
     assert len(stated) == len(trend) > 0
     for (rho, n, p), (_, r) in zip(stated, trend.iterrows()):
