@@ -145,3 +145,24 @@ def test_cell_line_check_catches_violations():
 def test_notebook_lines_are_short(nb):
     bad = {i: lines for i, c in enumerate(cells(nb)) if (lines := long_cell_lines(c))}
     assert not bad, f"{nb.name}: lines over {MAX_LINE} characters, by cell: {bad} (wrap them)"
+
+
+def joining_semicolons(text: str) -> list[int]:
+    "Lines where `;` joins two statements (not a trailing `;`, which hides a notebook cell's result)."
+    toks = list(tokenize.generate_tokens(io.StringIO(text).readline))
+    ends = (tokenize.NEWLINE, tokenize.NL, tokenize.COMMENT, tokenize.ENDMARKER)
+    return sorted({t.start[0] for t, nxt in zip(toks, toks[1:])
+                   if t.type == tokenize.OP and t.string == ";" and nxt.type not in ends})
+
+
+def test_semicolon_check_catches_violations():
+    "A `;` between two statements is found; a trailing one, and one in a string or a comment, are not."
+    assert joining_semicolons("a = 1; b = 2\nax.plot(x);\ns = 'x; y'  # a; b\n") == [1]
+
+
+@pytest.mark.parametrize("nb", LIB_NBS, ids=lambda p: p.name)
+def test_notebook_examples_have_one_statement_a_line(nb):
+    examples = [source(c) for c in cells(nb)
+                if c["cell_type"] == "code" and not re.match(r"#\|\s*export", source(c))]
+    bad = {i: lines for i, text in enumerate(examples) if (lines := joining_semicolons(text))}
+    assert not bad, f"{nb.name}: statements joined with ';' in example cells (index among them: lines) {bad}"
