@@ -12,6 +12,7 @@ EXP_NBS = sorted((NBS / "experiments").glob("*.ipynb"))
 
 def cells(path: Path) -> list[dict]: return json.loads(path.read_text(encoding="utf-8"))["cells"]
 def source(cell: dict) -> str: return "".join(cell["source"])
+def is_exported(cell: dict) -> bool: return bool(re.search(r"^#\|\s*export", source(cell), re.M))
 def default_exp(path: Path) -> str | None:
     for c in cells(path):
         if m := re.search(r"^#\|\s*default_exp\s+(\S+)", source(c), re.M): return m.group(1)
@@ -41,7 +42,7 @@ def test_code_cells_are_small(nb):
 def test_notebooks_import_only_lower_numbered_modules(nb):
     order = {default_exp(p): i for i, p in enumerate(LIB_NBS)}
     me = order[default_exp(nb)]
-    exported = [c for c in cells(nb) if re.search(r"^#\|\s*export", source(c), re.M)]  # examples may use anything
+    exported = [c for c in cells(nb) if is_exported(c)]  # examples may use anything
     for mod in re.findall(r"from vit_plasticity\.(\w+) import|import vit_plasticity\.(\w+)", "\n".join(map(source, exported))):
         name = mod[0] or mod[1]
         assert order.get(name, -1) < me, f"{nb.name} imports vit_plasticity.{name}, which is not lower-numbered"
@@ -53,7 +54,7 @@ def test_experiment_notebook_has_one_literal_parameters_cell(nb):
     for node in ast.parse(source(params[0])).body:
         assert isinstance(node, ast.AnnAssign), f"{nb.name}: parameters are `name: type = value  # help` lines"
         ast.literal_eval(node.value)
-    assert not any(re.search(r"^#\|\s*export", source(c), re.M) for c in cells(nb)), "experiment notebooks export nothing"
+    assert not any(is_exported(c) for c in cells(nb)), "experiment notebooks export nothing"
     import papermill
     declared = {n.target.id for n in ast.parse(source(params[0])).body}
     assert set(papermill.inspect_notebook(str(nb))) == declared, "papermill cannot parse a parameter line (no '=' in help comments)"
@@ -125,7 +126,7 @@ LONE_LINK = re.compile(r"\s*(#\s*)?(<?https?://\S+>?|!?\[[^\]]*\]\(\S+\))\s*")
 def long_cell_lines(cell: dict) -> list[int]:
     "Lines over MAX_LINE characters of a markdown or non-exported code cell, but table rows and lone links."
     text = source(cell)
-    if cell["cell_type"] not in ("code", "markdown") or re.search(r"^#\|\s*export", text, re.M): return []
+    if cell["cell_type"] not in ("code", "markdown") or is_exported(cell): return []
     markdown = cell["cell_type"] == "markdown"
     return [i for i, l in enumerate(text.splitlines(), 1)
             if len(l) > MAX_LINE and not (markdown and l.startswith("|")) and not LONE_LINK.fullmatch(l)]
@@ -162,7 +163,6 @@ def test_semicolon_check_catches_violations():
 
 @pytest.mark.parametrize("nb", LIB_NBS, ids=lambda p: p.name)
 def test_notebook_examples_have_one_statement_a_line(nb):
-    examples = [source(c) for c in cells(nb)
-                if c["cell_type"] == "code" and not re.match(r"#\|\s*export", source(c))]
+    examples = [source(c) for c in cells(nb) if c["cell_type"] == "code" and not is_exported(c)]
     bad = {i: lines for i, text in enumerate(examples) if (lines := joining_semicolons(text))}
     assert not bad, f"{nb.name}: statements joined with ';' in example cells (index among them: lines) {bad}"
