@@ -77,6 +77,23 @@ def test_readme_states_the_permutation_p_values_of_the_reports():
         assert float(p) == pytest.approx(r["p"], rel=5e-3, abs=5e-4)  # printed to 3 significant digits
 
 
+def test_readme_states_the_paired_tests_of_the_reports_and_the_paper():
+    "Each 'p = a / b / c / d here, e / f / g / h from the paper's table' is the report's CSV and the paper's."
+    from vit_plasticity.stats import paired_tests, paper_main_table
+    said = r"over (\d+) targets: p = ([\d.e/ -]+?) here, ([\d.e/ -]+?) from the paper's table"
+    stated = re.findall(said, " ".join(README.split()))
+    csv = lambda grid: pd.read_csv(ROOT / "runs" / grid / "report" / "paired_tests.csv")
+    tables = [csv(grid) for grid, _ in readme_tables()]
+    tested = [t for t in tables if len(t) and t["wilcoxon_p"].notna().all()]
+    assert len(stated) == len(tested), "the README states the paired tests of every report that has them"
+    paper = paired_tests(paper_main_table())["wilcoxon_p"]
+    for (n, ours, theirs), t in zip(stated, tested):
+        assert int(n) == t["n_datasets"].iloc[0]
+        values = lambda said: [float(v) for v in said.split(" / ")]
+        assert values(ours) == pytest.approx(list(t["wilcoxon_p"]), rel=5e-3)  # 3 significant digits
+        assert values(theirs) == pytest.approx(list(paper[t["other"]]), rel=5e-3)
+
+
 def test_the_readme_run_counts_are_the_grid_files():
     "Every '`grid` (N)' and the demo's 'N runs' in the README is the number of runs its grid file expands to."
     from vit_plasticity.grid import expand, load_spec
