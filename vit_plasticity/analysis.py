@@ -29,7 +29,7 @@ from .stats import (COMPONENT_ORDER, MIN_DATASETS, PROBES, Results, compute_resu
 # %% auto #0
 __all__ = ['grid_results', 'ranking_verdict', 'trend_sentence', 'paired_sentence', 'md_table', 'ordered', 'main_table',
            'facet_axes', 'plot_plasticity', 'plot_plasticity_depth', 'plot_bounds', 'plot_bars', 'plot_robustness',
-           'plot_training_dynamics', 'FigureItem', 'edge_sentence', 'report_sections', 'render_markdown',
+           'plot_training_dynamics', 'FigureItem', 'code_mix', 'edge_sentence', 'report_sections', 'render_markdown',
            'show_section', 'write_files', 'execute_results_notebook', 'write_report', 'report_folder', 'load_results',
            'summary_text']
 
@@ -301,13 +301,23 @@ def _status_section(res: Results) -> list:
                           f"{r.n_seeds} of {r.n_planned} seeds" for r in res.incomplete.itertuples()])
 
 # %% ../nbs/23_analysis.ipynb #3188d71e
+def code_mix(code: pd.DataFrame) -> int:
+    "How many versions of the code the runs of one kind ran, at most (1: no mix), from `Results.code`."
+    if code.empty:
+        return 0
+    same_code = code["code"].str.split("/").str[1:].str.join("/")  # notebook and library; not the commit
+    kinds = [k for k in code.columns if k not in ("code", "runs")]
+    libraries = same_code.str.split("/").str[-1].nunique()
+    return max([libraries, *(same_code[code[k] > 0].nunique() for k in kinds)])
+
+# %% ../nbs/23_analysis.ipynb #236257ac
 def _provenance_section(res: Results) -> list:
     if res.code.empty:
         return []
     out = ["Code versions (`git_commit/notebook_sha/library_sha`, from each run's env.json; `unknown`: not "
            "recorded) and how many finished runs of each kind ran them:", md_table(res.code, index=False)]
-    if len(res.code) > 1:
-        out.insert(0, f"**Warning: these results mix {len(res.code)} code versions** (see the table below).")
+    if (n := code_mix(res.code)) > 1:
+        out.insert(0, f"**Warning: these results mix {n} code versions** (see the table below).")
     return ["## Provenance", *out]
 
 # %% ../nbs/23_analysis.ipynb #a1bbffbf
